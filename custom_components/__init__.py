@@ -1,0 +1,1 @@
+"""Home Assistant custom integrations (namespace for tests and HACS layout)."""

@@ -1,0 +1,1 @@
+"""Pure dispatch engine: no Home Assistant import, no I/O, no clock reads."""

@@ -1,0 +1,1 @@
+"""Tests for V2G Fleet Dispatch."""
