@@ -1,0 +1,286 @@
+"""Persistence of a fleet: known vehicles and metrics, dispatch log, in-flight marker.
+
+Three Home Assistant ``Store`` files per config entry:
+
+* ``v2g.<entry_id>.fleet`` — the fleet state and the metric totals, saved with a
+  debounce (telemetry changes it often; the final write on shutdown flushes it);
+* ``v2g.<entry_id>.dispatch_log`` — the bounded dispatch log (DESIGN §4 responses);
+* ``v2g.<entry_id>.in_flight`` — one small record per dispatch that has started and
+  not ended, written *before* the first order is published. A record still present
+  when the entry starts again means Home Assistant stopped (or crashed) in the middle
+  of a dispatch: it becomes an ``interrupted`` log entry.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.storage import Store
+from homeassistant.util import dt as dt_util
+
+from .const import DISPATCH_LOG_MAX_ENTRIES, DOMAIN, STORAGE_VERSION
+
+FLEET_SAVE_DELAY_S = 10.0
+LOG_SAVE_DELAY_S = 1.0
+
+STATUS_INTERRUPTED = "interrupted"
+
+
+def _key(entry_id: str, name: str) -> str:
+    return f"{DOMAIN}.{entry_id}.{name}"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt_util.UTC)
+    if isinstance(value, str):
+        parsed = dt_util.parse_datetime(value)
+        if parsed is not None and parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt_util.UTC)
+        return parsed
+    return None
+
+
+class FleetStore:
+    """Known vehicles and metric totals, saved with a debounce."""
+
+    def __init__(self, hass: HomeAssistant, entry_id: str) -> None:
+        """Create the store of one config entry."""
+        self._store: Store[dict[str, Any]] = Store(
+            hass, STORAGE_VERSION, _key(entry_id, "fleet"), atomic_writes=True
+        )
+        self._data_fn: Callable[[], dict[str, Any]] | None = None
+
+    async def async_load(self) -> dict[str, Any] | None:
+        """Return what was saved, or None."""
+        data = await self._store.async_load()
+        return data if isinstance(data, dict) else None
+
+    @callback
+    def async_schedule_save(self, data_fn: Callable[[], dict[str, Any]]) -> None:
+        """Save soon (coalesced); flushed by Home Assistant's final write."""
+        self._data_fn = data_fn
+        self._store.async_delay_save(data_fn, FLEET_SAVE_DELAY_S)
+
+    async def async_flush(self) -> None:
+        """Write a pending save now (on unload) and cancel its timer."""
+        if self._data_fn is not None:
+            data_fn, self._data_fn = self._data_fn, None
+            await self._store.async_save(data_fn())
+
+    async def async_remove(self) -> None:
+        """Delete the file (entry removed)."""
+        await self._store.async_remove()
+
+
+class DispatchLogStore:
+    """Bounded, persisted log of finished dispatches (DESIGN §4 responses)."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        entry_id: str,
+        max_entries: int = DISPATCH_LOG_MAX_ENTRIES,
+    ) -> None:
+        """Create the log of one config entry."""
+        self._store: Store[dict[str, Any]] = Store(
+            hass, STORAGE_VERSION, _key(entry_id, "dispatch_log"), atomic_writes=True
+        )
+        self._entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
+        self._dirty = False
+
+    async def async_load(self) -> None:
+        """Read the saved entries."""
+        data = await self._store.async_load()
+        if isinstance(data, dict) and isinstance(data.get("entries"), list):
+            self._entries.extend(e for e in data["entries"] if isinstance(e, dict))
+
+    def _data(self) -> dict[str, Any]:
+        self._dirty = False
+        return {"entries": list(self._entries)}
+
+    @callback
+    def append(self, entry: Mapping[str, Any]) -> None:
+        """Add a finished dispatch (the oldest one drops out when full)."""
+        self._entries.append(dict(entry))
+        self._dirty = True
+        self._store.async_delay_save(self._data, LOG_SAVE_DELAY_S)
+
+    async def async_flush(self) -> None:
+        """Write pending entries now (on unload)."""
+        if self._dirty:
+            await self._store.async_save(self._data())
+
+    async def async_remove(self) -> None:
+        """Delete the file (entry removed)."""
+        await self._store.async_remove()
+
+    def __len__(self) -> int:
+        """Return the number of entries."""
+        return len(self._entries)
+
+    def latest(self, count: int) -> list[dict[str, Any]]:
+        """Return the newest ``count`` entries, oldest first."""
+        if count <= 0:
+            return []
+        return list(self._entries)[-count:]
+
+    def query(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        vehicle_id: str | None = None,
+        signal_type: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return the entries matching every given filter, oldest first.
+
+        ``start``/``end`` are inclusive bounds on the dispatch start time; a vehicle
+        matches when it received an order in either round; every signal type can be
+        filtered (compared case-insensitively).
+        """
+        wanted_type = signal_type.casefold() if signal_type else None
+        matches: list[dict[str, Any]] = []
+        for entry in self._entries:
+            if start is not None or end is not None:
+                started = _parse_time(entry.get("started_at"))
+                if started is None:
+                    continue
+                if start is not None and started < start:
+                    continue
+                if end is not None and started > end:
+                    continue
+            if wanted_type is not None:
+                signal = entry.get("signal")
+                kind = signal.get("type") if isinstance(signal, dict) else None
+                if not isinstance(kind, str) or kind.casefold() != wanted_type:
+                    continue
+            if vehicle_id is not None and not _involves(entry, vehicle_id):
+                continue
+            matches.append(entry)
+        return matches
+
+
+def _involves(entry: Mapping[str, Any], vehicle_id: str) -> bool:
+    for section in ("vehicles", "fallback"):
+        value = entry.get(section)
+        if isinstance(value, dict) and vehicle_id in value:
+            return True
+    return False
+
+
+class InFlightStore:
+    """Records of dispatches that started and have not ended yet."""
+
+    def __init__(self, hass: HomeAssistant, entry_id: str) -> None:
+        """Create the marker store of one config entry."""
+        self._store: Store[dict[str, Any]] = Store(
+            hass, STORAGE_VERSION, _key(entry_id, "in_flight"), atomic_writes=True
+        )
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def _data(self) -> dict[str, Any]:
+        return {"dispatches": dict(self._records)}
+
+    async def async_take(self) -> list[dict[str, Any]]:
+        """Return the records left by a previous run and forget them."""
+        data = await self._store.async_load()
+        left: list[dict[str, Any]] = []
+        if isinstance(data, dict) and isinstance(data.get("dispatches"), dict):
+            left = [r for r in data["dispatches"].values() if isinstance(r, dict)]
+        if left:
+            await self._store.async_save(self._data())
+        return left
+
+    async def async_mark(self, dispatch_id: str, record: Mapping[str, Any]) -> None:
+        """Write the marker of a starting dispatch before anything is published."""
+        self._records[dispatch_id] = dict(record)
+        await self._store.async_save(self._data())
+
+    @callback
+    def async_update(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Refresh what is known of the running dispatches (flushed at stop)."""
+        for record in records:
+            dispatch_id = record.get("dispatch_id")
+            if isinstance(dispatch_id, str) and dispatch_id in self._records:
+                self._records[dispatch_id] = {**self._records[dispatch_id], **record}
+        self._store.async_delay_save(self._data, 0)
+
+    async def async_clear(self, dispatch_id: str) -> None:
+        """Drop the marker of a dispatch that ended."""
+        if self._records.pop(dispatch_id, None) is not None:
+            await self._store.async_save(self._data())
+
+    @property
+    def running(self) -> list[dict[str, Any]]:
+        """Return the records of the dispatches in flight."""
+        return list(self._records.values())
+
+    async def async_remove(self) -> None:
+        """Delete the file (entry removed)."""
+        await self._store.async_remove()
+
+
+def _closed_outcomes(raw: Any) -> dict[str, dict[str, Any]]:
+    """Copy a round's outcomes; orders still waiting become ``timeout``."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    if isinstance(raw, dict):
+        for vehicle_id, outcome in raw.items():
+            item = dict(outcome) if isinstance(outcome, dict) else {}
+            if item.get("status") in (None, "pending"):
+                item["status"] = "timeout"
+            outcomes[str(vehicle_id)] = item
+    return outcomes
+
+
+def interrupted_entry(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """Turn an in-flight record into an ``interrupted`` log entry (DESIGN §4 shape).
+
+    What the record knew is kept (signal, strategy, vehicles and their state when
+    last saved); orders that were still waiting are reported as ``timeout`` because
+    no acknowledgment was seen for them.
+    """
+    vehicles = _closed_outcomes(record.get("vehicles"))
+    fallback = _closed_outcomes(record.get("fallback"))
+    both = [*vehicles.values(), *fallback.values()]
+    acked = [o for o in both if o.get("status") == "acknowledged"]
+    published = [
+        o for o in both if o.get("status") not in ("publish_failed", "superseded")
+    ]
+    signal = record.get("signal")
+    signal = dict(signal) if isinstance(signal, dict) else {}
+    requested = record.get("requested_kw", signal.get("power_kw"))
+    assigned = record.get("assigned_kw")
+    if assigned is None:
+        assigned = sum(_kw(o) for o in vehicles.values())
+    # A fallback order carries the new total setpoint of its vehicle, so the
+    # acknowledged power of a vehicle is that of its latest acknowledged order.
+    final = {
+        vid: _kw(o) for vid, o in vehicles.items() if o["status"] == "acknowledged"
+    }
+    final.update(
+        {vid: _kw(o) for vid, o in fallback.items() if o["status"] == "acknowledged"}
+    )
+    return {
+        "dispatch_id": record.get("dispatch_id"),
+        "status": STATUS_INTERRUPTED,
+        "signal": signal,
+        "strategy": record.get("strategy"),
+        "requested_kw": requested,
+        "assigned_kw": assigned,
+        "acknowledged_kw": round(sum(final.values()), 6),
+        "ack_rate": (len(acked) / len(published)) if published else 0.0,
+        "vehicles": vehicles,
+        "fallback": fallback,
+        "excluded": dict(record.get("excluded") or {}),
+        "started_at": record.get("started_at"),
+        "completed_at": record.get("updated_at") or now.isoformat(),
+    }
+
+
+def _kw(outcome: Mapping[str, Any]) -> float:
+    value = outcome.get("power_kw")
+    return float(value) if isinstance(value, (int, float)) else 0.0

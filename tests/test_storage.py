@@ -1,0 +1,169 @@
+"""Stores: fleet state, bounded dispatch log with filters, in-flight markers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from freezegun.api import FrozenDateTimeFactory
+from homeassistant.core import HomeAssistant
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from custom_components.v2g.storage import (
+    DispatchLogStore,
+    FleetStore,
+    InFlightStore,
+    interrupted_entry,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _entry(
+    dispatch_id: str,
+    signal_type: str,
+    started: datetime,
+    vehicles: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "dispatch_id": dispatch_id,
+        "status": "completed",
+        "signal": {"type": signal_type, "power_kw": 10.0},
+        "vehicles": vehicles or {},
+        "fallback": fallback or {},
+        "started_at": started.isoformat(),
+    }
+
+
+async def test_log_query_filters(hass: HomeAssistant) -> None:
+    log = DispatchLogStore(hass, "e1")
+    await log.async_load()
+    types = ["FCR", "aFRR", "MA", "NEBEF", "EcoWatt"]
+    for index, kind in enumerate(types):
+        log.append(
+            _entry(
+                f"d{index}",
+                kind,
+                T0 + timedelta(minutes=index),
+                vehicles={f"v{index}": {"power_kw": 1.0}},
+                fallback={"vx": {"power_kw": 1.0}} if index == 4 else None,
+            )
+        )
+    assert len(log) == 5
+    # Every signal type can be filtered, case-insensitively.
+    for index, kind in enumerate(types):
+        assert [e["dispatch_id"] for e in log.query(signal_type=kind)] == [f"d{index}"]
+    assert [e["dispatch_id"] for e in log.query(signal_type="afrr")] == ["d1"]
+    # Time bounds are inclusive.
+    got = log.query(start=T0 + timedelta(minutes=1), end=T0 + timedelta(minutes=3))
+    assert [e["dispatch_id"] for e in got] == ["d1", "d2", "d3"]
+    # Vehicles of both rounds match.
+    assert [e["dispatch_id"] for e in log.query(vehicle_id="v2")] == ["d2"]
+    assert [e["dispatch_id"] for e in log.query(vehicle_id="vx")] == ["d4"]
+    assert log.query(vehicle_id="nobody") == []
+    assert [e["dispatch_id"] for e in log.latest(2)] == ["d3", "d4"]
+    assert log.latest(0) == []
+    # An entry without a start time does not match a time filter.
+    log.append({"dispatch_id": "broken", "signal": "FCR"})
+    assert len(log.query(start=T0)) == 5
+    assert len(log.query(signal_type="FCR")) == 1
+
+
+async def test_log_is_bounded_and_persisted(
+    hass: HomeAssistant, hass_storage: dict[str, Any], freezer: FrozenDateTimeFactory
+) -> None:
+    log = DispatchLogStore(hass, "e1", max_entries=3)
+    await log.async_load()
+    for index in range(5):
+        log.append(_entry(f"d{index}", "FCR", T0 + timedelta(minutes=index)))
+    assert [e["dispatch_id"] for e in log.query()] == ["d2", "d3", "d4"]
+    freezer.tick(timedelta(seconds=2))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done()
+    saved = hass_storage["v2g.e1.dispatch_log"]["data"]["entries"]
+    assert [e["dispatch_id"] for e in saved] == ["d2", "d3", "d4"]
+
+    again = DispatchLogStore(hass, "e1", max_entries=3)
+    await again.async_load()
+    assert [e["dispatch_id"] for e in again.query()] == ["d2", "d3", "d4"]
+    await again.async_flush()  # nothing pending: no write
+    again.append(_entry("d5", "MA", T0))
+    await again.async_flush()
+    assert len(hass_storage["v2g.e1.dispatch_log"]["data"]["entries"]) == 3
+    await again.async_remove()
+    assert "v2g.e1.dispatch_log" not in hass_storage
+
+
+async def test_fleet_store_debounce_and_flush(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    store = FleetStore(hass, "e1")
+    assert await store.async_load() is None
+    await store.async_flush()  # nothing scheduled
+    store.async_schedule_save(lambda: {"fleet": {"v1": 1}})
+    assert "v2g.e1.fleet" not in hass_storage
+    await store.async_flush()
+    assert hass_storage["v2g.e1.fleet"]["data"] == {"fleet": {"v1": 1}}
+    assert await FleetStore(hass, "e1").async_load() == {"fleet": {"v1": 1}}
+    await store.async_remove()
+    assert "v2g.e1.fleet" not in hass_storage
+
+
+async def test_in_flight_marker_lifecycle(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    store = InFlightStore(hass, "e1")
+    assert await store.async_take() == []
+    await store.async_mark("d1", {"dispatch_id": "d1", "started_at": T0.isoformat()})
+    assert "d1" in hass_storage["v2g.e1.in_flight"]["data"]["dispatches"]
+    store.async_update(
+        [
+            {"dispatch_id": "d1", "vehicles": {"v1": {"power_kw": 5.0}}},
+            {"dispatch_id": "unknown"},
+        ]
+    )
+    assert store.running[0]["vehicles"] == {"v1": {"power_kw": 5.0}}
+    await store.async_clear("d1")
+    await store.async_clear("d1")
+    assert hass_storage["v2g.e1.in_flight"]["data"]["dispatches"] == {}
+
+    await store.async_mark("d2", {"dispatch_id": "d2"})
+    # A new run finds the marker once.
+    again = InFlightStore(hass, "e1")
+    assert await again.async_take() == [{"dispatch_id": "d2"}]
+    assert await InFlightStore(hass, "e1").async_take() == []
+    await again.async_remove()
+
+
+def test_interrupted_entry_keeps_what_was_known() -> None:
+    record = {
+        "dispatch_id": "d1",
+        "signal": {"type": "FCR", "power_kw": 20.0, "duration_s": 900},
+        "strategy": "optimal",
+        "vehicles": {
+            "v1": {"power_kw": 10.0, "status": "acknowledged"},
+            "v2": {"power_kw": 10.0, "status": "pending"},
+            "v3": {"power_kw": 0.0, "status": "publish_failed"},
+            "v4": "garbage",
+        },
+        "fallback": {"v1": {"power_kw": 15.0}, "v5": {"status": "acknowledged"}},
+        "excluded": {"v9": "not_v2g"},
+        "started_at": T0.isoformat(),
+    }
+    entry = interrupted_entry(record, T0 + timedelta(minutes=1))
+    assert entry["status"] == "interrupted"
+    assert entry["requested_kw"] == 20.0
+    assert entry["assigned_kw"] == 20.0
+    assert entry["vehicles"]["v2"]["status"] == "timeout"
+    assert entry["vehicles"]["v4"] == {"status": "timeout"}
+    assert entry["fallback"]["v1"]["status"] == "timeout"
+    assert entry["acknowledged_kw"] == 10.0
+    assert entry["ack_rate"] == 2 / 5
+    assert entry["excluded"] == {"v9": "not_v2g"}
+    assert entry["completed_at"] == (T0 + timedelta(minutes=1)).isoformat()
+
+    bare = interrupted_entry({"dispatch_id": "d2", "updated_at": "x"}, T0)
+    assert bare["ack_rate"] == 0.0
+    assert bare["signal"] == {}
+    assert bare["completed_at"] == "x"
