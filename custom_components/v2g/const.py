@@ -128,3 +128,15 @@ DISCOVERY_WINDOW_S: Final = 2.0
 # Largest MQTT payload accepted from a vehicle (a gateway ack batch may be larger).
 MAX_VEHICLE_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_GATEWAY_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
+
+# --- Config flow choices and limits (config_flow.py) ------------------------------
+STRATEGIES: Final = ("equal", "smart", "optimal", "segmented")
+FALLBACK_MODES: Final = ("none", "balanced", "probabilistic")
+QOS_LEVELS: Final = (0, 1, 2)
+PREDICTION_PROFILE_HOURS: Final = 24
+MAX_VEHICLE_ID_LENGTH: Final = 64
+MAX_VEHICLE_POWER_KW: Final = 1000.0
+MAX_VEHICLE_BATTERY_KWH: Final = 2000.0
+DEFAULT_VEHICLE_MAX_POWER_KW: Final = 7.0
+DEFAULT_VEHICLE_BATTERY_KWH: Final = 40.0
+DEFAULT_VEHICLE_IS_V2G: Final = True
