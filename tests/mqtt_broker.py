@@ -130,7 +130,7 @@ class MosquittoBroker:
             return self
         conf = self.directory / "mosquitto.conf"
         conf.write_text(self.config_text(), encoding="utf-8")
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed executable, own config
+        self._proc = subprocess.Popen(
             [self.executable, "-c", str(conf)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -71,16 +71,19 @@ class Dispatcher:
         with self._cond:
             assert self._cond.wait_for(lambda: mid in self._subacks, 5)
 
-    def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1):
+    def publish(
+        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1
+    ) -> mqtt.MQTTMessageInfo:
         if isinstance(payload, dict):
             payload = json.dumps(payload)
-        info = self.client.publish(topic, payload, qos=qos)
-        return info
+        return self.client.publish(topic, payload, qos=qos)
 
     def matching(self, topic_filter: str) -> list[Message]:
         with self._cond:
             return [
-                m for m in self.messages if mqtt.topic_matches_sub(topic_filter, m.topic)
+                m
+                for m in self.messages
+                if mqtt.topic_matches_sub(topic_filter, m.topic)
             ]
 
     def wait_for(
@@ -104,6 +107,16 @@ class Dispatcher:
             f"{[m.topic for m in self.messages][-10:]}"
         )
         return found
+
+    def wait_until(
+        self, predicate: Callable[[list[Message]], bool], timeout: float = 5.0
+    ) -> list[Message]:
+        """Wait until `predicate(all messages so far)` holds; return the messages."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate(list(self.messages)), timeout)
+            messages = list(self.messages)
+        assert ok, f"condition not met; got {[m.topic for m in messages][-10:]}"
+        return messages
 
     def assert_quiet(
         self, topic_filter: str, window: float = 0.3, already: int = 0
