@@ -1,0 +1,401 @@
+"""The integration measured end to end: ``v2g.dispatch`` call → response.
+
+A :class:`FleetScenario` is one fleet (per-vehicle or behind gateways) of N
+simulated vehicles: it starts the fleet simulator in shared-connection mode (its own
+process), creates a V2G entry through the config flow, discovers the fleet through
+``v2g.discover`` and waits until the entry knows every vehicle. Then:
+
+* :meth:`FleetScenario.async_dispatch` times ``hass.services.async_call("v2g",
+  "dispatch", ..., blocking=True, return_response=True)`` and checks the response
+  says every vehicle acknowledged; a 5 ms ticker measures the longest event-loop
+  block meanwhile; optionally it counts entity state writes (``state_changed`` and
+  ``state_reported``) from the call until the bus is quiet again;
+* ``trace_memory=True`` runs the discovery under ``tracemalloc`` (peak and
+  retained memory of the Home Assistant process for N known vehicles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+import cProfile
+from dataclasses import dataclass, field
+import gc
+import io
+from pathlib import Path
+import pstats
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers import entity_registry as er
+
+from .harness import (
+    HarnessError,
+    HassHarness,
+    HelperProcess,
+    LoopBlockMonitor,
+    StateWriteCounter,
+)
+
+DOMAIN = "v2g"
+PER_VEHICLE = "per_vehicle"
+GATEWAY = "gateway"
+MODES = (PER_VEHICLE, GATEWAY)
+# Every vehicle receives this much (equal split), far below its 10 kW maximum and
+# its energy, so the whole fleet is eligible and every vehicle gets one order.
+POWER_PER_VEHICLE_KW = 1.0
+SIGNAL_TYPE = "aFRR"
+STRATEGY = "equal"
+# Long enough that no ack of a 10,000-order per-vehicle dispatch times out even at
+# HA's ~1,000 messages/s (the default 5 s would cut it: the figure would then be
+# the timeout, not the transport).
+BENCH_ACK_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class DispatchRun:
+    """One measured ``v2g.dispatch`` call."""
+
+    seconds: float
+    orders: int
+    acknowledged: int
+    status: str
+    ack_rate: float | None
+    max_block_ms: float
+    problems: list[str] = field(default_factory=list)
+    state_writes: int | None = None
+    entities_written: int | None = None
+    max_writes_per_entity: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every vehicle acknowledged its order."""
+        return not self.problems
+
+
+def check_response(response: Any, expected: int) -> tuple[int, int, str, list[str]]:
+    """(orders, acknowledged, status, problems) of a DESIGN §4 dispatch response."""
+    problems: list[str] = []
+    if not isinstance(response, dict):
+        return 0, 0, "?", [f"response is not a dict: {response!r:.200}"]
+    vehicles = response.get("vehicles") or {}
+    fallback = response.get("fallback") or {}
+    statuses = Counter(
+        str(item.get("status")) for item in vehicles.values() if isinstance(item, dict)
+    )
+    orders = len(vehicles) + len(fallback)
+    acknowledged = statuses.get("acknowledged", 0)
+    status = str(response.get("status"))
+    if status != "completed":
+        problems.append(f"status {status}")
+    if len(vehicles) != expected:
+        problems.append(f"{len(vehicles)} vehicles ordered, expected {expected}")
+    if acknowledged != expected:
+        others = {
+            key: value for key, value in statuses.items() if key != "acknowledged"
+        }
+        problems.append(f"{acknowledged}/{expected} acknowledged ({dict(others)})")
+    if fallback:
+        problems.append(f"{len(fallback)} fallback orders")
+    if excluded := response.get("excluded"):
+        problems.append(f"{len(excluded)} excluded: {Counter(excluded.values())}")
+    return orders, acknowledged, status, problems
+
+
+def simulator_process(
+    broker_port: int,
+    count: int,
+    prefix: str,
+    log_path: Path,
+    gateway_size: int = 0,
+) -> HelperProcess:
+    """The fleet simulator: shared connection, immediate acks, no telemetry push."""
+    argv = [
+        sys.executable,
+        "-m",
+        "simulator",
+        "--broker",
+        f"127.0.0.1:{broker_port}",
+        "--connection",
+        "shared",
+        "--count",
+        str(count),
+        "--id-prefix",
+        prefix,
+        "--ack-latency",
+        "0",
+        "--seed",
+        "1",
+        # Safety net: never outlive the benchmark by long.
+        "--duration",
+        "7200",
+        "-v",
+    ]
+    if gateway_size:
+        argv += ["--gateway-size", str(gateway_size)]
+    return HelperProcess(
+        name=f"simulator {prefix}",
+        argv=argv,
+        log_path=log_path,
+        ready_text="ready in",
+        ready_timeout=120.0,
+    )
+
+
+def _known_vehicles(entry: ConfigEntry) -> int | None:
+    """How many vehicles the entry's coordinator knows (None if unreadable)."""
+    coordinator = getattr(entry, "runtime_data", None)
+    fleet = getattr(coordinator, "fleet", None)
+    vehicles = getattr(fleet, "vehicles", None)
+    if vehicles is None:
+        return None
+    return len(vehicles)
+
+
+class FleetScenario:
+    """One V2G entry and one simulated fleet of ``size`` vehicles."""
+
+    def __init__(
+        self,
+        harness: HassHarness,
+        broker_port: int,
+        mode: str,
+        size: int,
+        log_dir: Path,
+        *,
+        gateway_size: int = 500,
+        tag: str = "",
+    ) -> None:
+        """Prepare (start with :meth:`async_start`)."""
+        if mode not in MODES:
+            raise ValueError(mode)
+        self.harness = harness
+        self.hass: HomeAssistant = harness.require()
+        self.mode = mode
+        self.size = size
+        self.gateway_size = gateway_size if mode == GATEWAY else 0
+        self.prefix = f"{'gw' if mode == GATEWAY else 'pv'}{tag}{size}-"
+        self.simulator = simulator_process(
+            broker_port,
+            size,
+            self.prefix,
+            log_dir / f"simulator-{mode}-{size}{tag}.log",
+            self.gateway_size,
+        )
+        self.entry: ConfigEntry | None = None
+        self.discovery_s = 0.0
+        self.discovery_max_block_ms = 0.0
+        self.entities = 0
+        self.memory_peak_bytes: int | None = None
+        self.memory_retained_bytes: int | None = None
+
+    @property
+    def gateways(self) -> int:
+        """Number of gateways of the fleet."""
+        if not self.gateway_size:
+            return 0
+        return -(-self.size // self.gateway_size)
+
+    async def async_start(self, *, trace_memory: bool = False) -> None:
+        """Start the fleet, create the entry, discover every vehicle."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.simulator.start)
+        try:
+            self.entry = await self.harness.create_entry(
+                DOMAIN,
+                # The topics (collapsed form section) keep their defaults.
+                {"name": f"bench {self.mode} {self.size}", "advanced_topics": {}},
+                options={"ack_timeout": BENCH_ACK_TIMEOUT_S},
+            )
+            await self._async_discover(trace_memory=trace_memory)
+        except BaseException:
+            await self.async_stop()
+            raise
+
+    async def _async_discover(self, *, trace_memory: bool) -> None:
+        entry = self._require_entry()
+        hass = self.hass
+        limit = 60.0 + self.size / 100.0
+        baseline = 0
+        if trace_memory:
+            gc.collect()
+            tracemalloc.start()
+            baseline = tracemalloc.get_traced_memory()[0]
+        try:
+            async with LoopBlockMonitor() as monitor:
+                started = time.perf_counter()
+                response = await hass.services.async_call(
+                    DOMAIN,
+                    "discover",
+                    {"config_entry_id": entry.entry_id},
+                    blocking=True,
+                    return_response=True,
+                )
+                found = (response or {}).get("count") if response else None
+                async with asyncio.timeout(limit):
+                    while True:
+                        known = _known_vehicles(entry)
+                        if known is None:
+                            known = found if isinstance(found, int) else 0
+                            if known < self.size:
+                                raise HarnessError(
+                                    f"discover found {known}/{self.size} and the"
+                                    " coordinator's fleet is not readable"
+                                )
+                        if known >= self.size:
+                            break
+                        await asyncio.sleep(0.05)
+                await hass.async_block_till_done()
+                self.entities = await self._async_settle_entities()
+                self.discovery_s = time.perf_counter() - started
+            self.discovery_max_block_ms = monitor.max_block_ms
+            if trace_memory:
+                await hass.async_block_till_done()
+                gc.collect()
+                current, peak = tracemalloc.get_traced_memory()
+                self.memory_peak_bytes = peak - baseline
+                self.memory_retained_bytes = current - baseline
+        except TimeoutError as err:
+            raise HarnessError(
+                f"{self.mode} {self.size}: {_known_vehicles(entry)} vehicles known"
+                f" after {limit:.0f} s; simulator: {self.simulator.output()[-500:]}"
+            ) from err
+        finally:
+            if trace_memory:
+                tracemalloc.stop()
+
+    async def _async_settle_entities(self, quiet_s: float = 0.5) -> int:
+        """Wait until the entry's entity count stops growing; return it."""
+        entry = self._require_entry()
+        registry = er.async_get(self.hass)
+        last = -1
+        stable_since = time.monotonic()
+        while True:
+            count = len(er.async_entries_for_config_entry(registry, entry.entry_id))
+            now = time.monotonic()
+            if count != last:
+                last = count
+                stable_since = now
+            elif now - stable_since >= quiet_s:
+                return count
+            await asyncio.sleep(0.1)
+
+    def service_data(self) -> dict[str, Any]:
+        """The ``v2g.dispatch`` call: every vehicle 1 kW, equal split."""
+        entry = self._require_entry()
+        return {
+            "config_entry_id": entry.entry_id,
+            "signal_type": SIGNAL_TYPE,
+            "power_kw": round(self.size * POWER_PER_VEHICLE_KW, 3),
+            "duration": {"minutes": 15},
+            "strategy": STRATEGY,
+        }
+
+    async def async_dispatch(
+        self,
+        *,
+        count_writes: bool = False,
+        settle_s: float = 1.0,
+        profile_path: Path | None = None,
+    ) -> DispatchRun:
+        """Call ``v2g.dispatch`` once; time it and check the response."""
+        hass = self.hass
+        data = self.service_data()
+        counter = StateWriteCounter(hass) if count_writes else None
+        per_entity: Counter[str] = Counter()
+        unsub_per_entity = None
+        if counter is not None:
+
+            @callback
+            def _per_entity(event_data: Any) -> bool:
+                per_entity[event_data["entity_id"]] += 1
+                return False
+
+            unsub_per_entity = [
+                hass.bus.async_listen(kind, lambda _e: None, event_filter=_per_entity)
+                for kind in ("state_changed", "state_reported")
+            ]
+        profiler = cProfile.Profile() if profile_path is not None else None
+        problems: list[str] = []
+        response: Any = None
+        try:
+            async with LoopBlockMonitor() as monitor:
+                if profiler is not None:
+                    profiler.enable()
+                started = time.perf_counter()
+                try:
+                    response = await hass.services.async_call(
+                        DOMAIN,
+                        "dispatch",
+                        data,
+                        blocking=True,
+                        return_response=True,
+                    )
+                except Exception as err:  # noqa: BLE001 - reported, not raised
+                    problems.append(f"{type(err).__name__}: {err}")
+                elapsed = time.perf_counter() - started
+                if profiler is not None:
+                    profiler.disable()
+                if counter is not None:
+                    await hass.async_block_till_done()
+                    await asyncio.sleep(settle_s)
+                    await hass.async_block_till_done()
+        finally:
+            if counter is not None:
+                counter.close()
+            for unsub in unsub_per_entity or ():
+                unsub()
+        if profiler is not None and profile_path is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_profile, profiler, profile_path
+            )
+        orders, acknowledged, status, checked = (
+            check_response(response, self.size)
+            if response is not None
+            else (0, 0, "?", [])
+        )
+        problems += checked
+        ack_rate = response.get("ack_rate") if isinstance(response, dict) else None
+        return DispatchRun(
+            seconds=elapsed,
+            orders=orders,
+            acknowledged=acknowledged,
+            status=status,
+            ack_rate=ack_rate,
+            max_block_ms=monitor.max_block_ms,
+            problems=problems,
+            state_writes=counter.writes if counter is not None else None,
+            entities_written=len(per_entity) if counter is not None else None,
+            max_writes_per_entity=max(per_entity.values(), default=0)
+            if counter is not None
+            else None,
+        )
+
+    async def async_stop(self) -> None:
+        """Remove the entry and stop the simulator."""
+        try:
+            if self.entry is not None:
+                await self.harness.remove_entry(self.entry.entry_id)
+                self.entry = None
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, self.simulator.stop)
+
+    def _require_entry(self) -> ConfigEntry:
+        if self.entry is None:
+            raise HarnessError("scenario not started")
+        return self.entry
+
+
+def write_profile(profiler: cProfile.Profile, path: Path) -> None:
+    """Save a profile (``.prof``) and its top functions (``.txt``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(path))
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    path.with_suffix(".txt").write_text(text.getvalue(), encoding="utf-8")

@@ -1,0 +1,349 @@
+"""Targets of issue 7 and the markdown rendering of ``results.json``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Targets (issue 7).
+PER_VEHICLE_MAX_RATIO = 1.2
+PER_VEHICLE_TARGET_SIZES = (1_000, 10_000)
+GATEWAY_TARGET_SIZE = 10_000
+GATEWAY_MAX_RATIO = 1.0
+GATEWAY_MAX_SECONDS = 1.0
+LOOP_BLOCK_TARGET_SIZE = 10_000
+LOOP_BLOCK_MAX_MS = 100.0
+ENGINE_TARGET_SIZE = 10_000
+ENGINE_MAX_MS = 50.0
+
+_SIZE_KEYS = ("vehicles", "size", "n", "count", "fleet_size")
+_TIME_KEYS = ("median_ms", "total_ms", "ms", "time_ms", "elapsed_ms")
+_STRATEGY_KEYS = ("strategy", "name", "case")
+
+
+def engine_row_fields(row: Mapping[str, Any]) -> tuple[int | None, str, float | None]:
+    """(vehicles, strategy, median ms) of one ``bench_engine.run`` row."""
+    size = next((row[k] for k in _SIZE_KEYS if isinstance(row.get(k), int)), None)
+    strategy = next((str(row[k]) for k in _STRATEGY_KEYS if k in row), "?")
+    millis: float | None = next(
+        (float(row[k]) for k in _TIME_KEYS if isinstance(row.get(k), int | float)),
+        None,
+    )
+    if millis is None:
+        seconds = next(
+            (
+                float(row[k])
+                for k in ("median_s", "seconds", "total_s")
+                if isinstance(row.get(k), int | float)
+            ),
+            None,
+        )
+        millis = None if seconds is None else seconds * 1000.0
+    return size, strategy, millis
+
+
+def _row_for(rows: Sequence[Mapping[str, Any]], size: int) -> Mapping[str, Any] | None:
+    return next((row for row in rows if row.get("vehicles") == size), None)
+
+
+def _target(name: str, value: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"target": name, "value": value, "met": met, "note": note}
+
+
+def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every issue-7 target with the measured value; ``met`` None = not measured."""
+    targets: list[dict[str, Any]] = []
+    per_vehicle = results.get("per_vehicle") or []
+    for size in PER_VEHICLE_TARGET_SIZES:
+        row = _row_for(per_vehicle, size)
+        name = f"per-vehicle ≤ {PER_VEHICLE_MAX_RATIO} × HA floor at {size:,} vehicles"
+        if row is None or row.get("ratio") is None:
+            targets.append(_target(name, "not measured", None))
+            continue
+        ratio = float(row["ratio"])
+        note = "" if row.get("all_acknowledged") else "not every order acknowledged"
+        targets.append(
+            _target(
+                name,
+                f"{ratio:.2f} ×",
+                ratio <= PER_VEHICLE_MAX_RATIO and not note,
+                note,
+            )
+        )
+    gateway = results.get("gateway") or []
+    row = _row_for(gateway, GATEWAY_TARGET_SIZE)
+    name_ratio = (
+        f"gateway ≤ {GATEWAY_MAX_RATIO} × bare paho at {GATEWAY_TARGET_SIZE:,} vehicles"
+    )
+    name_time = f"gateway ≤ {GATEWAY_MAX_SECONDS} s at {GATEWAY_TARGET_SIZE:,} vehicles"
+    if row is None or row.get("ratio") is None:
+        targets.append(_target(name_ratio, "not measured", None))
+        targets.append(_target(name_time, "not measured", None))
+    else:
+        note = "" if row.get("all_acknowledged") else "not every order acknowledged"
+        targets.append(
+            _target(
+                name_ratio,
+                f"{float(row['ratio']):.2f} ×",
+                float(row["ratio"]) <= GATEWAY_MAX_RATIO and not note,
+                note,
+            )
+        )
+        seconds = float(row["integration_s"])
+        targets.append(
+            _target(
+                name_time,
+                f"{seconds:.2f} s",
+                seconds <= GATEWAY_MAX_SECONDS and not note,
+            )
+        )
+    for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):
+        row = _row_for(rows, LOOP_BLOCK_TARGET_SIZE)
+        name = (
+            f"longest loop block ≤ {LOOP_BLOCK_MAX_MS:.0f} ms during a"
+            f" {LOOP_BLOCK_TARGET_SIZE:,}-vehicle {mode} dispatch"
+        )
+        if row is None or row.get("max_block_ms") is None:
+            targets.append(_target(name, "not measured", None))
+        else:
+            block = float(row["max_block_ms"])
+            targets.append(_target(name, f"{block:.0f} ms", block <= LOOP_BLOCK_MAX_MS))
+    engine = results.get("engine")
+    engine_rows = engine if isinstance(engine, list) else []
+    measured = [
+        fields
+        for fields in (engine_row_fields(r) for r in engine_rows)
+        if fields[0] == ENGINE_TARGET_SIZE and fields[2] is not None
+    ]
+    name = f"engine < {ENGINE_MAX_MS:.0f} ms at {ENGINE_TARGET_SIZE:,} vehicles"
+    if not measured:
+        targets.append(_target(name, "not measured", None))
+    for _size, strategy, millis in measured:
+        assert millis is not None
+        targets.append(
+            _target(f"{name} ({strategy})", f"{millis:.1f} ms", millis < ENGINE_MAX_MS)
+        )
+    writes = [
+        (mode, row)
+        for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway))
+        for row in rows
+        if row.get("max_writes_per_entity") is not None
+    ]
+    name = "entity updates coalesced (each entity written at most once per dispatch)"
+    if not writes:
+        targets.append(_target(name, "not measured", None))
+    else:
+        worst_mode, worst = max(
+            writes, key=lambda item: item[1]["max_writes_per_entity"]
+        )
+        value = (
+            f"max {worst['max_writes_per_entity']} writes/entity"
+            f" ({worst_mode} {worst['vehicles']:,})"
+        )
+        targets.append(_target(name, value, worst["max_writes_per_entity"] <= 1))
+    return targets
+
+
+# --- markdown --------------------------------------------------------------------------
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _met(value: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "–"}[value]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |"]
+    lines.append(
+        "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"
+    )
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def _engine_lines(results: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "## 3. Engine only (eligibility + allocation per strategy)", ""]
+    engine = results.get("engine")
+    if isinstance(engine, list) and engine:
+        rows = []
+        for row in engine:
+            size, strategy, millis = engine_row_fields(row)
+            target = f"< {ENGINE_MAX_MS:.0f}" if size == ENGINE_TARGET_SIZE else ""
+            rows.append([_num(size), strategy, _num(millis, 2), target])
+        lines += _table(["vehicles", "strategy", "median (ms)", "target (ms)"], rows)
+    else:
+        lines.append(f"Not measured: {results.get('engine_error', 'skipped')}")
+    return lines
+
+
+def _loop_memory_lines(
+    results: Mapping[str, Any],
+    per_vehicle: Sequence[Mapping[str, Any]],
+    gateway: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "## 4. Event loop, memory, state writes", ""]
+    memory = results.get("memory") or {}
+    for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):
+        if rows:
+            largest = max(rows, key=lambda row: row.get("vehicles", 0))
+            lines.append(
+                f"- Longest event-loop block during a {_num(largest.get('vehicles'))}"
+                f"-vehicle {mode} dispatch: {_num(largest.get('max_block_ms'), 0)} ms"
+                f" (target ≤ {LOOP_BLOCK_MAX_MS:.0f} ms); during its discovery:"
+                f" {_num(largest.get('discovery_max_block_ms'), 0)} ms."
+            )
+    if per_vehicle:
+        largest = max(per_vehicle, key=lambda row: row.get("vehicles", 0))
+        lines.append(
+            f"- HA floor alone ({_num(largest.get('vehicles'))} orders):"
+            f" {_num(largest.get('floor_max_block_ms'), 0)} ms."
+        )
+    if memory.get("vehicles"):
+        lines.append(
+            f"- Memory per 1,000 known vehicles (tracemalloc during discovery of"
+            f" {_num(memory.get('vehicles'))} vehicles):"
+            f" peak {_num(memory.get('peak_per_1000_mib'), 2)} MiB, retained"
+            f" {_num(memory.get('retained_per_1000_mib'), 2)} MiB."
+        )
+    elif memory.get("error"):
+        lines.append(f"- Memory: not measured ({memory['error']}).")
+    for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):
+        for row in rows:
+            if row.get("state_writes") is not None:
+                lines.append(
+                    f"- Entity state writes per {mode} dispatch of"
+                    f" {_num(row['vehicles'])}: {_num(row['state_writes'])} writes of"
+                    f" {_num(row.get('entities_written'))} entities (max"
+                    f" {_num(row.get('max_writes_per_entity'))} per entity;"
+                    f" {_num(row.get('entities'))} entities in the entry)."
+                )
+    return lines
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results as a markdown document (tables, ratios, targets)."""
+    meta = results.get("meta", {})
+    lines = ["# V2G Fleet Dispatch — benchmark results", ""]
+    load = meta.get("load_average", {})
+    lines += [
+        f"Measured {meta.get('finished_at', '?')} in one run of"
+        f" {_num(meta.get('duration_s'), 0)} s on {meta.get('cpu_count', '?')} CPUs"
+        f" (load average {load.get('start', '?')} at start, {load.get('end', '?')} at"
+        f" end; other work on the machine makes figures noisy)."
+        f" Every figure is the median of {meta.get('repeat')} runs after"
+        f" {meta.get('warmup')} warm-up run(s); floor and integration runs alternate.",
+        "",
+        f"Python {meta.get('python')}, Home Assistant {meta.get('home_assistant')},"
+        f" paho-mqtt {meta.get('paho_mqtt')}, {meta.get('mosquitto')} on loopback"
+        f" (tests/mqtt_broker.py config), QoS 1, commit {meta.get('git_commit')}.",
+        f"Dispatch: `v2g.dispatch` {meta.get('signal')} with strategy"
+        f" {meta.get('strategy')}, 1 kW per vehicle, every vehicle ordered; ack"
+        f" timeout option {meta.get('ack_timeout_s')} s; the fleet simulator"
+        " (shared connection, immediate acks) answers.",
+        "",
+    ]
+    lines += ["## 1. Per-vehicle mode vs the HA floor", ""]
+    lines += [
+        "HA floor: the same number of orders and acks through `mqtt.async_publish` /"
+        " `mqtt.async_subscribe` with a counting handler (bare paho responder).",
+        "",
+    ]
+    per_vehicle = results.get("per_vehicle") or []
+    lines += _table(
+        [
+            "vehicles",
+            "integration (s)",
+            "HA floor (s)",
+            "ratio",
+            "target",
+            "loop block (ms)",
+            "floor loop block (ms)",
+            "state writes",
+            "entities",
+            "discovery (s)",
+            "all acked",
+        ],
+        [
+            [
+                _num(row.get("vehicles")),
+                _num(row.get("integration_s")),
+                _num(row.get("ha_floor_s")),
+                _num(row.get("ratio"), 2),
+                f"≤ {PER_VEHICLE_MAX_RATIO}",
+                _num(row.get("max_block_ms"), 0),
+                _num(row.get("floor_max_block_ms"), 0),
+                _num(row.get("state_writes")),
+                _num(row.get("entities")),
+                _num(row.get("discovery_s"), 1),
+                "yes" if row.get("all_acknowledged") else "**no**",
+            ]
+            for row in per_vehicle
+        ],
+    )
+    lines += [
+        "",
+        "## 2. Gateway mode vs a bare paho client (one message per vehicle)",
+        "",
+    ]
+    gateway = results.get("gateway") or []
+    lines += _table(
+        [
+            "vehicles",
+            "gateways",
+            "integration (s)",
+            "bare paho (s)",
+            "ratio",
+            "target",
+            "loop block (ms)",
+            "state writes",
+            "entities",
+            "discovery (s)",
+            "all acked",
+        ],
+        [
+            [
+                _num(row.get("vehicles")),
+                _num(row.get("gateways")),
+                _num(row.get("integration_s")),
+                _num(row.get("paho_s")),
+                _num(row.get("ratio"), 2),
+                f"≤ {GATEWAY_MAX_RATIO}"
+                + (
+                    f" and ≤ {GATEWAY_MAX_SECONDS} s"
+                    if row.get("vehicles") == GATEWAY_TARGET_SIZE
+                    else ""
+                ),
+                _num(row.get("max_block_ms"), 0),
+                _num(row.get("state_writes")),
+                _num(row.get("entities")),
+                _num(row.get("discovery_s"), 1),
+                "yes" if row.get("all_acknowledged") else "**no**",
+            ]
+            for row in gateway
+        ],
+    )
+    lines += _engine_lines(results)
+    lines += _loop_memory_lines(results, per_vehicle, gateway)
+    lines += ["", "## Targets", ""]
+    lines += _table(
+        ["target", "measured", "result", "note"],
+        [
+            [item["target"], item["value"], _met(item["met"]), item.get("note", "")]
+            for item in results.get("targets", [])
+        ],
+    )
+    problems = results.get("problems") or []
+    if problems:
+        lines += ["", "## Problems", ""]
+        lines += [f"- {problem}" for problem in problems]
+    lines.append("")
+    return "\n".join(lines)
