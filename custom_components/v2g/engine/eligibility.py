@@ -1,0 +1,208 @@
+"""Which vehicles may take part in a signal, and how much power each can give.
+
+Two layers of rules:
+
+* signal-type rules of the Go `SimpleVehicleFilter` (seed §3.4): every vehicle
+  must be available; FCR needs a V2G vehicle with SoC >= 0.6; NEBEF needs a
+  vehicle that is charging and not marked priority (it can reduce its charge);
+* safety rules (DESIGN §7): a discharge needs a V2G vehicle and never takes it
+  below max(its own min SoC, the configured min SoC, the safe floor), nor below
+  what it needs to reach its own min SoC by its departure when charging at its
+  charge rate after the signal; a charge never overfills the battery.
+
+The outcome per vehicle is a capacity in kW: what it can sustain in the signal's
+direction for the whole signal. Unlike the Go system, a vehicle that cannot cover
+the whole request is kept with the power it *can* give; the allocator reports the
+shortfall instead of dropping the vehicle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .models import (
+    ExclusionReason,
+    FlexibilitySignal,
+    InvalidValueError,
+    SignalType,
+    Vehicle,
+)
+
+FCR_MIN_SOC = 0.6
+# Below 10 W a vehicle cannot meaningfully follow a setpoint; treat it as empty.
+MIN_CAPACITY_KW = 0.01
+# SoC comparisons tolerate float noise from upstream arithmetic.
+_SOC_EPSILON = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class SafetySettings:
+    """Safety limits applied to every dispatch (fractions of the battery)."""
+
+    min_soc: float = 0.1
+    safe_discharge_floor: float = 0.1
+    soc_constraints: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate the fractions.
+
+        Raises:
+            InvalidValueError: a fraction is outside 0..1.
+        """
+        for name in ("min_soc", "safe_discharge_floor"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 <= value <= 1.0
+            ):
+                raise InvalidValueError(name, "must be between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An eligible vehicle and the power (kW, > 0) it can sustain for the signal."""
+
+    vehicle: Vehicle
+    capacity_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    """Result of `evaluate_eligibility`."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    excluded: dict[str, ExclusionReason] = field(default_factory=dict)
+
+    @property
+    def total_capacity_kw(self) -> float:
+        """Sum of the candidates' capacities."""
+        return sum(c.capacity_kw for c in self.candidates)
+
+
+def discharge_floor(vehicle: Vehicle, safety: SafetySettings) -> float:
+    """Lowest SoC a discharge may leave the vehicle at (ignoring departure)."""
+    return max(vehicle.min_soc, safety.min_soc, safety.safe_discharge_floor)
+
+
+def departure_floor(
+    vehicle: Vehicle, signal_end: datetime, now: datetime
+) -> float | None:
+    """SoC the vehicle must keep so it still reaches its min SoC by departure.
+
+    After the signal (or from now, if later) the vehicle recharges at its charge
+    rate until it leaves. If it leaves before that, it must already hold its min
+    SoC. None when there is no departure or no min SoC to protect. The result may
+    be negative (enough time to recharge from empty).
+    """
+    if vehicle.departure is None or vehicle.min_soc <= 0.0:
+        return None
+    recharge_from = max(signal_end, now)
+    if vehicle.departure <= recharge_from:
+        return vehicle.min_soc
+    hours = (vehicle.departure - recharge_from).total_seconds() / 3600.0
+    return (
+        vehicle.min_soc - vehicle.effective_charge_rate_kw * hours / vehicle.battery_kwh
+    )
+
+
+def _signal_type_rule(
+    vehicle: Vehicle, signal_type: SignalType
+) -> ExclusionReason | None:
+    """The Go `SimpleVehicleFilter` rules (seed §3.4)."""
+    if not vehicle.available:
+        return ExclusionReason.UNAVAILABLE
+    if signal_type is SignalType.FCR:
+        if not vehicle.is_v2g:
+            return ExclusionReason.NOT_V2G
+        if vehicle.soc < FCR_MIN_SOC:
+            return ExclusionReason.SOC_BELOW_MIN
+    elif signal_type is SignalType.NEBEF and (not vehicle.charging or vehicle.priority):
+        return ExclusionReason.NOT_CHARGING
+    return None
+
+
+def _discharge_capacity(
+    vehicle: Vehicle,
+    signal: FlexibilitySignal,
+    safety: SafetySettings,
+    now: datetime,
+) -> float | ExclusionReason:
+    if not vehicle.is_v2g:
+        return ExclusionReason.NOT_V2G
+    capacity = vehicle.max_power_kw
+    protected_by_departure = False
+    if safety.soc_constraints:
+        floor = discharge_floor(vehicle, safety)
+        if vehicle.soc <= floor + _SOC_EPSILON:
+            return ExclusionReason.SOC_BELOW_MIN
+        needed = departure_floor(vehicle, signal.end, now)
+        if needed is not None and needed > floor:
+            floor = needed
+            protected_by_departure = True
+            if vehicle.soc <= floor + _SOC_EPSILON:
+                return ExclusionReason.DEPARTURE_PROTECTED
+        energy_kwh = (vehicle.soc - floor) * vehicle.battery_kwh
+        capacity = min(capacity, energy_kwh / signal.duration_h)
+    capacity *= 1.0 - vehicle.degradation_factor
+    if capacity < MIN_CAPACITY_KW:
+        if protected_by_departure:
+            return ExclusionReason.DEPARTURE_PROTECTED
+        return ExclusionReason.INSUFFICIENT_ENERGY
+    return capacity
+
+
+def _charge_capacity(
+    vehicle: Vehicle, signal: FlexibilitySignal, safety: SafetySettings
+) -> float | ExclusionReason:
+    capacity = vehicle.effective_charge_rate_kw
+    if safety.soc_constraints:
+        room_kwh = (1.0 - vehicle.soc) * vehicle.battery_kwh
+        capacity = min(capacity, room_kwh / signal.duration_h)
+    capacity *= 1.0 - vehicle.degradation_factor
+    if capacity < MIN_CAPACITY_KW:
+        return ExclusionReason.INSUFFICIENT_ENERGY
+    return capacity
+
+
+def vehicle_capacity(
+    vehicle: Vehicle,
+    signal: FlexibilitySignal,
+    safety: SafetySettings,
+    now: datetime,
+) -> float | ExclusionReason:
+    """Return what one vehicle can give for `signal` (kW), or why it cannot."""
+    reason = _signal_type_rule(vehicle, signal.signal_type)
+    if reason is not None:
+        return reason
+    if signal.power_kw > 0.0:
+        return _discharge_capacity(vehicle, signal, safety, now)
+    if signal.power_kw < 0.0:
+        return _charge_capacity(vehicle, signal, safety)
+    # A zero-power signal asks for nothing: report the nominal power.
+    return vehicle.max_power_kw * (1.0 - vehicle.degradation_factor)
+
+
+def evaluate_eligibility(
+    vehicles: Iterable[Vehicle],
+    signal: FlexibilitySignal,
+    safety: SafetySettings,
+    now: datetime,
+) -> Eligibility:
+    """Split `vehicles` into candidates (with capacities) and excluded (with reasons).
+
+    Candidates keep the input order. `now` bounds the departure protection: the
+    recharge window starts at the later of the signal's end and `now`.
+    """
+    candidates: list[Candidate] = []
+    excluded: dict[str, ExclusionReason] = {}
+    add_candidate = candidates.append
+    for vehicle in vehicles:
+        outcome = vehicle_capacity(vehicle, signal, safety, now)
+        if isinstance(outcome, ExclusionReason):
+            excluded[vehicle.vehicle_id] = outcome
+        else:
+            add_candidate(Candidate(vehicle, outcome))
+    return Eligibility(candidates, excluded)

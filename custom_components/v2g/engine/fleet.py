@@ -1,0 +1,443 @@
+"""Fleet state: known vehicles and what the dispatcher learned about them.
+
+Holds the vehicles, when each was last heard from (monotonic seconds), the
+acknowledged setpoint of each vehicle, participation counts, a per-vehicle
+reliability learned from acks, ack counters and latency, and the energy each
+vehicle discharged / charged, integrated from its acknowledged setpoints.
+
+Reliability is the Go `AckBasedTuner` idea done per vehicle: an exponentially
+weighted ack success rate (acknowledged = 1, rejected or timed out = 0; publish
+failures and superseded orders are not the vehicle's fault and do not count),
+bounded to [0.1, 1.0] and starting at 1.0.
+
+A setpoint holds from its ack until it is replaced or its order expires. Energy is
+integrated lazily: when the setpoint changes and when `accrue(now)` is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+import math
+from typing import Any
+
+from .codec import DecodeError, Telemetry, vehicle_from_mapping
+from .kpi import energy_kwh
+from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
+
+RELIABILITY_MIN = 0.1
+RELIABILITY_MAX = 1.0
+# Weight of the newest outcome: about the last ten orders matter.
+RELIABILITY_ALPHA = 0.2
+STATE_VERSION = 1
+
+_SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
+_STATUS_COUNTER = {
+    OrderStatus.ACKNOWLEDGED: "acknowledged",
+    OrderStatus.REJECTED: "rejected",
+    OrderStatus.TIMEOUT: "timeouts",
+    OrderStatus.PUBLISH_FAILED: "publish_failed",
+    OrderStatus.SUPERSEDED: "superseded",
+}
+_RELIABILITY_SAMPLE = {
+    OrderStatus.ACKNOWLEDGED: 1.0,
+    OrderStatus.REJECTED: 0.0,
+    OrderStatus.TIMEOUT: 0.0,
+}
+
+
+@dataclass(slots=True)
+class VehicleStats:
+    """Order counters of one vehicle.
+
+    `sent` counts orders that reached the broker and were answered or timed out;
+    publish failures and superseded orders are counted apart.
+    """
+
+    sent: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    timeouts: int = 0
+    publish_failed: int = 0
+    superseded: int = 0
+    late: int = 0
+    last_latency_ms: float | None = None
+    last_status: OrderStatus | None = None
+    last_outcome_at: datetime | None = None
+
+    @property
+    def ack_rate(self) -> float | None:
+        """Acknowledged / sent, None before the first order."""
+        return self.acknowledged / self.sent if self.sent else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict."""
+        return {
+            "sent": self.sent,
+            "acknowledged": self.acknowledged,
+            "rejected": self.rejected,
+            "timeouts": self.timeouts,
+            "publish_failed": self.publish_failed,
+            "superseded": self.superseded,
+            "late": self.late,
+            "last_latency_ms": self.last_latency_ms,
+            "last_status": None if self.last_status is None else self.last_status.value,
+            "last_outcome_at": None
+            if self.last_outcome_at is None
+            else isoformat_utc(self.last_outcome_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VehicleStats:
+        """Inverse of `as_dict`."""
+        status = data.get("last_status")
+        at = data.get("last_outcome_at")
+        return cls(
+            sent=int(data.get("sent", 0)),
+            acknowledged=int(data.get("acknowledged", 0)),
+            rejected=int(data.get("rejected", 0)),
+            timeouts=int(data.get("timeouts", 0)),
+            publish_failed=int(data.get("publish_failed", 0)),
+            superseded=int(data.get("superseded", 0)),
+            late=int(data.get("late", 0)),
+            last_latency_ms=_optional_float(data.get("last_latency_ms")),
+            last_status=None if status is None else OrderStatus(status),
+            last_outcome_at=None if at is None else _parse_time(at),
+        )
+
+
+@dataclass(slots=True)
+class Setpoint:
+    """An acknowledged setpoint and how far its energy has been integrated."""
+
+    power_kw: float
+    since: datetime
+    expires_at: datetime | None
+    accrued_until: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict."""
+        return {
+            "power_kw": self.power_kw,
+            "since": isoformat_utc(self.since),
+            "expires_at": None
+            if self.expires_at is None
+            else isoformat_utc(self.expires_at),
+            "accrued_until": isoformat_utc(self.accrued_until),
+        }
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _parse_time(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("naive datetime")
+    return parsed
+
+
+class FleetState:
+    """Everything the engine knows about the fleet between dispatches."""
+
+    def __init__(self) -> None:
+        """Start with an empty fleet."""
+        self.vehicles: dict[str, Vehicle] = {}
+        self.last_seen: dict[str, float] = {}
+        self.participation: dict[str, int] = {}
+        self.stats: dict[str, VehicleStats] = {}
+        self.energy_discharged_kwh: dict[str, float] = {}
+        self.energy_charged_kwh: dict[str, float] = {}
+        self.measured_power_kw: dict[str, float] = {}
+        self._reliability: dict[str, float] = {}
+        self._setpoints: dict[str, Setpoint] = {}
+
+    # --- vehicles ---------------------------------------------------------------
+
+    def upsert(self, vehicle: Vehicle, seen_at: float) -> bool:
+        """Add or replace a vehicle; return True if it was new."""
+        is_new = vehicle.vehicle_id not in self.vehicles
+        self.vehicles[vehicle.vehicle_id] = vehicle
+        self.last_seen[vehicle.vehicle_id] = seen_at
+        return is_new
+
+    def apply_telemetry(self, telemetry: Telemetry, seen_at: float) -> Vehicle:
+        """Update (or create) a vehicle from a telemetry report; return it."""
+        changes: dict[str, Any] = {}
+        if telemetry.soc is not None:
+            changes["soc"] = telemetry.soc
+        if telemetry.available is not None:
+            changes["available"] = telemetry.available
+        if telemetry.charging is not None:
+            changes["charging"] = telemetry.charging
+        current = self.vehicles.get(telemetry.vehicle_id)
+        if current is None:
+            vehicle = Vehicle(vehicle_id=telemetry.vehicle_id, **changes)
+        elif changes:
+            vehicle = current.with_changes(**changes)
+        else:
+            vehicle = current
+        self.vehicles[vehicle.vehicle_id] = vehicle
+        self.last_seen[vehicle.vehicle_id] = seen_at
+        if telemetry.power_kw is not None:
+            self.measured_power_kw[vehicle.vehicle_id] = telemetry.power_kw
+        return vehicle
+
+    def touch(self, vehicle_id: str, seen_at: float) -> None:
+        """Note that a known vehicle was heard from (e.g. it sent an ack)."""
+        if vehicle_id in self.vehicles:
+            self.last_seen[vehicle_id] = seen_at
+
+    def remove(self, vehicle_id: str) -> bool:
+        """Forget a vehicle and everything learned about it."""
+        found = self.vehicles.pop(vehicle_id, None) is not None
+        for table in (
+            self.last_seen,
+            self.participation,
+            self.stats,
+            self.energy_discharged_kwh,
+            self.energy_charged_kwh,
+            self.measured_power_kw,
+            self._reliability,
+            self._setpoints,
+        ):
+            table.pop(vehicle_id, None)
+        return found
+
+    def stale_ids(self, now: float, timeout: float) -> list[str]:
+        """Vehicles not heard from for more than `timeout` seconds (or never)."""
+        last_seen = self.last_seen
+        return [
+            vehicle_id
+            for vehicle_id in self.vehicles
+            if (seen := last_seen.get(vehicle_id)) is None or now - seen > timeout
+        ]
+
+    # --- learning from orders ---------------------------------------------------
+
+    def reliability(self, vehicle_id: str) -> float:
+        """Learned reliability of a vehicle in [0.1, 1.0] (1.0 when unknown)."""
+        return self._reliability.get(vehicle_id, RELIABILITY_MAX)
+
+    def reliability_map(self) -> dict[str, float]:
+        """Reliability of every vehicle that has one (others are 1.0)."""
+        return dict(self._reliability)
+
+    def participation_share(self) -> dict[str, float]:
+        """Participation relative to the most used vehicle (0..1).
+
+        This keeps the smart score's wear/fairness terms bounded however long the
+        integration runs: the busiest vehicle pays the full weight.
+        """
+        if not self.participation:
+            return {}
+        most = max(self.participation.values())
+        if most <= 0:
+            return {}
+        return {vid: count / most for vid, count in self.participation.items()}
+
+    def add_participation(self, vehicle_ids: Iterable[str]) -> None:
+        """Count one more dispatch for each known vehicle."""
+        for vehicle_id in vehicle_ids:
+            if vehicle_id in self.vehicles:
+                self.participation[vehicle_id] = (
+                    self.participation.get(vehicle_id, 0) + 1
+                )
+
+    def record_outcome(
+        self,
+        vehicle_id: str,
+        status: OrderStatus,
+        power_kw: float,
+        latency_ms: float | None,
+        at: datetime,
+        *,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Learn from one order's final status.
+
+        Args:
+            vehicle_id: the vehicle.
+            status: final status of the order.
+            power_kw: the acknowledged setpoint (for acknowledged orders).
+            latency_ms: ack latency, if answered.
+            at: when the status became final (wall time); the setpoint holds
+                from then. An outcome older than the current setpoint does not
+                replace it (concurrent dispatches may finish out of order).
+            expires_at: when an acknowledged setpoint lapses.
+        """
+        if vehicle_id not in self.vehicles:
+            return
+        stats = self.stats.get(vehicle_id)
+        if stats is None:
+            stats = self.stats[vehicle_id] = VehicleStats()
+        if status in _SENT:
+            stats.sent += 1
+        counter = _STATUS_COUNTER.get(status)
+        if counter is not None:
+            setattr(stats, counter, getattr(stats, counter) + 1)
+        if latency_ms is not None:
+            stats.last_latency_ms = latency_ms
+        stats.last_status = status
+        stats.last_outcome_at = at
+        sample = _RELIABILITY_SAMPLE.get(status)
+        if sample is not None:
+            previous = self._reliability.get(vehicle_id, RELIABILITY_MAX)
+            updated = previous + RELIABILITY_ALPHA * (sample - previous)
+            self._reliability[vehicle_id] = min(
+                max(updated, RELIABILITY_MIN), RELIABILITY_MAX
+            )
+        if status is OrderStatus.ACKNOWLEDGED:
+            self._set_setpoint(vehicle_id, power_kw, at, expires_at)
+
+    def record_late(self, vehicle_id: str) -> None:
+        """Count a late ack (the order's result stays unchanged)."""
+        if vehicle_id in self.vehicles:
+            stats = self.stats.setdefault(vehicle_id, VehicleStats())
+            stats.late += 1
+
+    # --- setpoints and energy ---------------------------------------------------
+
+    @property
+    def setpoints(self) -> dict[str, float]:
+        """Acknowledged non-zero setpoints (as of the last `accrue`/outcome)."""
+        return {vid: sp.power_kw for vid, sp in self._setpoints.items()}
+
+    def setpoint(self, vehicle_id: str) -> Setpoint | None:
+        """The current setpoint record of a vehicle, if any."""
+        return self._setpoints.get(vehicle_id)
+
+    def _set_setpoint(
+        self,
+        vehicle_id: str,
+        power_kw: float,
+        at: datetime,
+        expires_at: datetime | None,
+    ) -> None:
+        current = self._setpoints.get(vehicle_id)
+        if current is not None:
+            if at < current.since:
+                return
+            self._accrue_one(vehicle_id, current, at)
+        if power_kw == 0.0:
+            self._setpoints.pop(vehicle_id, None)
+            return
+        self._setpoints[vehicle_id] = Setpoint(power_kw, at, expires_at, at)
+
+    def _accrue_one(self, vehicle_id: str, setpoint: Setpoint, now: datetime) -> None:
+        until = now
+        if setpoint.expires_at is not None and setpoint.expires_at < until:
+            until = setpoint.expires_at
+        if until <= setpoint.accrued_until:
+            return
+        seconds = (until - setpoint.accrued_until).total_seconds()
+        discharged, charged = energy_kwh(setpoint.power_kw, seconds)
+        if discharged:
+            self.energy_discharged_kwh[vehicle_id] = (
+                self.energy_discharged_kwh.get(vehicle_id, 0.0) + discharged
+            )
+        if charged:
+            self.energy_charged_kwh[vehicle_id] = (
+                self.energy_charged_kwh.get(vehicle_id, 0.0) + charged
+            )
+        setpoint.accrued_until = until
+
+    def accrue(self, now: datetime) -> None:
+        """Integrate every setpoint up to `now`; drop the ones that expired."""
+        expired: list[str] = []
+        for vehicle_id, setpoint in self._setpoints.items():
+            self._accrue_one(vehicle_id, setpoint, now)
+            if setpoint.expires_at is not None and setpoint.expires_at <= now:
+                expired.append(vehicle_id)
+        for vehicle_id in expired:
+            del self._setpoints[vehicle_id]
+
+    @property
+    def total_discharged_kwh(self) -> float:
+        """Energy discharged by the whole fleet."""
+        return math.fsum(self.energy_discharged_kwh.values())
+
+    @property
+    def total_charged_kwh(self) -> float:
+        """Energy charged by the whole fleet."""
+        return math.fsum(self.energy_charged_kwh.values())
+
+    # --- persistence ------------------------------------------------------------
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe snapshot (monotonic `last_seen` is not kept)."""
+        return {
+            "version": STATE_VERSION,
+            "vehicles": [v.as_dict() for v in self.vehicles.values()],
+            "setpoints": {vid: sp.as_dict() for vid, sp in self._setpoints.items()},
+            "participation": dict(self.participation),
+            "reliability": dict(self._reliability),
+            "stats": {vid: st.as_dict() for vid, st in self.stats.items()},
+            "energy_discharged_kwh": dict(self.energy_discharged_kwh),
+            "energy_charged_kwh": dict(self.energy_charged_kwh),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], seen_at: float | None = None
+    ) -> FleetState:
+        """Rebuild a fleet from `as_dict` output.
+
+        Args:
+            data: the stored snapshot.
+            seen_at: if given, every restored vehicle counts as seen at this
+                monotonic time (a grace period before it can become stale);
+                otherwise restored vehicles are stale until they talk.
+
+        Raises:
+            InvalidValueError: the snapshot is malformed.
+        """
+        if data.get("version") != STATE_VERSION:
+            raise InvalidValueError("fleet", "unsupported state version")
+        fleet = cls()
+        try:
+            for item in data.get("vehicles", []):
+                vehicle = vehicle_from_mapping(item)
+                fleet.vehicles[vehicle.vehicle_id] = vehicle
+                if seen_at is not None:
+                    fleet.last_seen[vehicle.vehicle_id] = seen_at
+            known = fleet.vehicles
+            for vid, item in data.get("setpoints", {}).items():
+                if vid in known:
+                    expires = item.get("expires_at")
+                    fleet._setpoints[vid] = Setpoint(
+                        float(item["power_kw"]),
+                        _parse_time(item["since"]),
+                        None if expires is None else _parse_time(expires),
+                        _parse_time(item["accrued_until"]),
+                    )
+            fleet.participation = {
+                vid: int(n)
+                for vid, n in data.get("participation", {}).items()
+                if vid in known
+            }
+            fleet._reliability = {
+                vid: min(max(float(r), RELIABILITY_MIN), RELIABILITY_MAX)
+                for vid, r in data.get("reliability", {}).items()
+                if vid in known
+            }
+            fleet.stats = {
+                vid: VehicleStats.from_dict(item)
+                for vid, item in data.get("stats", {}).items()
+                if vid in known
+            }
+            for name in ("energy_discharged_kwh", "energy_charged_kwh"):
+                setattr(
+                    fleet,
+                    name,
+                    {
+                        vid: float(kwh)
+                        for vid, kwh in data.get(name, {}).items()
+                        if vid in known
+                    },
+                )
+        except (DecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InvalidValueError("fleet", f"malformed state: {err}") from err
+        return fleet
