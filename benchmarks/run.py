@@ -22,9 +22,9 @@ import json
 import os
 from pathlib import Path
 import platform
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any
@@ -262,7 +262,12 @@ async def _measure_size(
     """Discover, warm up, then alternate floor and integration runs."""
     hass = scenario.hass
     size = scenario.size
-    await scenario.async_start()
+    try:
+        await scenario.async_start()
+    except Exception:
+        # The integration could not run: still measure the floor of this size.
+        floors.extend([await floor_run(size) for _ in range(options.repeat)])
+        raise
     row["discovery_s"] = scenario.discovery_s
     row["discovery_max_block_ms"] = scenario.discovery_max_block_ms
     row["entities"] = scenario.entities
@@ -363,7 +368,11 @@ async def run_hass_sections(
     from .bench_dispatch import GATEWAY, PER_VEHICLE
     from .bench_mqtt_floor import HaFloor
 
-    harness = HassHarness(broker_port, log_file=log_dir / "home-assistant.log")
+    harness = HassHarness(
+        broker_port,
+        config_dir=log_dir / "hass-config",
+        log_file=log_dir / "home-assistant.log",
+    )
     say("starting Home Assistant (in process)")
     hass = await harness.start()
     results["meta"]["hass_startup_s"] = round(harness.startup_s, 2)
@@ -449,7 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; return the exit status."""
     options = parse_args(argv)
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="logs-", dir=options.out_dir))
+    log_dir = options.out_dir / "logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir()
     started = time.perf_counter()
     results = new_results(options)
     results["meta"]["logs"] = str(log_dir)
