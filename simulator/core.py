@@ -157,7 +157,11 @@ class FleetSimulator:
             target=self._run_loop, args=(loop,), name="v2g-simulator", daemon=True
         )
         self._thread.start()
-        self._call(self._start_in_loop)
+        try:
+            self._call(self._start_in_loop)
+        except BaseException:
+            self.stop()
+            raise
         if not self.wait_ready(timeout):
             self.stop()
             raise SimulatorError(

@@ -365,9 +365,17 @@ def test_telemetry_push(make_sim: MakeSim, dispatcher: Dispatcher) -> None:
     sim.set_soc("veh001", 0.5)
     dispatcher.publish("vehicle/veh001/command", order("veh001", -7.0))
     assert sim.wait_until(lambda s: s["orders_accepted"] == 1)
-    dispatcher.clear()
-    messages = dispatcher.wait_for("v2g/vehicle/state/veh001", 1, timeout=3)
-    body = messages[-1].json()
+
+    def charging_states(messages: list[Message]) -> list[dict[str, Any]]:
+        return [
+            m.json()
+            for m in messages
+            if m.topic == "v2g/vehicle/state/veh001" and m.json()["power_kw"]
+        ]
+
+    body = charging_states(
+        dispatcher.wait_until(lambda msgs: bool(charging_states(msgs)), timeout=3)
+    )[0]
     assert set(body) == {"vehicle_id", "soc", "available", "charging", "power_kw", "ts"}
     assert body["vehicle_id"] == "veh001"
     assert body["charging"] is True
@@ -496,3 +504,13 @@ def test_custom_topics(make_sim: MakeSim, dispatcher: Dispatcher) -> None:
     dispatcher.wait_for("depot/car001/hello")
     dispatcher.publish("depot/car001/orders", order("car001", 1.0))
     dispatcher.wait_for("depot/car001/acks")
+
+
+def test_start_fails_cleanly_without_a_broker(socket_enabled: None) -> None:
+    from simulator import SimulatorConfig, SimulatorError
+    from tests.mqtt_broker import free_port
+
+    sim = FleetSimulator(SimulatorConfig(port=free_port(), count=2))
+    with pytest.raises(SimulatorError, match="not connected"):
+        sim.start(timeout=0.3)
+    assert not sim.running
