@@ -194,6 +194,7 @@ def vehicle_obj(
     vehicle_id: str,
     soc: float,
     max_power_kw: float,
+    charge_rate_kw: float,
     battery_kwh: float,
     available: bool,
     charging: bool,
@@ -206,12 +207,17 @@ def vehicle_obj(
     is_v2g: bool = True,
     priority: bool = False,
 ) -> dict[str, Any]:
-    """Build the Go-cased vehicle JSON of a discovery answer."""
+    """Build the Go-cased vehicle JSON of a discovery answer.
+
+    `MaxPower` is the discharge limit and `ChargeRate` the charge limit (the
+    integration reads it as `charge_rate_kw`); Go's Vehicle has no `ChargeRate`.
+    """
     obj: dict[str, Any] = {
         "ID": vehicle_id,
         "SoC": round(soc, 6),
         "IsV2G": is_v2g,
         "MaxPower": max_power_kw,
+        "ChargeRate": charge_rate_kw,
         "BatteryKWh": battery_kwh,
         "Available": available,
         "Charging": charging,

@@ -496,7 +496,14 @@ class FleetSimulator:
             obj = codec.vehicle_obj(
                 vehicle_id=vehicle.vehicle_id,
                 soc=vehicle.battery.soc,
-                max_power_kw=vehicle.max_power_kw,
+                # What the vehicle really accepts, so a dispatcher that honours
+                # the announced limits is not refused for the battery's rates.
+                max_power_kw=min(
+                    vehicle.max_power_kw, vehicle.battery.discharge_rate_kw
+                ),
+                charge_rate_kw=min(
+                    vehicle.max_power_kw, vehicle.battery.charge_rate_kw
+                ),
                 battery_kwh=vehicle.battery.capacity_kwh,
                 available=vehicle.available,
                 charging=vehicle.charging,

@@ -19,6 +19,7 @@ VEHICLE_KEYS = {
     "SoC",
     "IsV2G",
     "MaxPower",
+    "ChargeRate",
     "BatteryKWh",
     "Available",
     "Charging",
@@ -54,6 +55,7 @@ def test_discovery_answers(
     assert body["SoC"] == 0.8
     assert body["IsV2G"] is True
     assert body["MaxPower"] == 10.0
+    assert body["ChargeRate"] == 7.0
     assert body["BatteryKWh"] == 40.0
     assert body["Available"] is True
     assert body["Charging"] is False
