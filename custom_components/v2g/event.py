@@ -1,0 +1,58 @@
+"""Per-vehicle dispatch outcome events: acknowledged, rejected, timeout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeassistant.components.event import EventEntity, EventEntityDescription
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+
+from .coordinator import OUTCOME_EVENT_TYPES, V2GConfigEntry, V2GFleetCoordinator
+from .entity import V2GVehicleEntity, async_add_vehicle_entities
+
+PARALLEL_UPDATES = 0
+
+DISPATCH_OUTCOME = EventEntityDescription(
+    key="dispatch_outcome",
+    translation_key="dispatch_outcome",
+    event_types=list(OUTCOME_EVENT_TYPES),
+)
+
+
+async def async_setup_entry(
+    hass: HomeAssistant,
+    entry: V2GConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+) -> None:
+    """Add the outcome event entity of every (new) vehicle."""
+    coordinator = entry.runtime_data
+    async_add_vehicle_entities(
+        entry,
+        async_add_entities,
+        lambda vehicle_id: [V2GDispatchOutcomeEvent(coordinator, vehicle_id)],
+    )
+
+
+class V2GDispatchOutcomeEvent(V2GVehicleEntity, EventEntity):
+    """Fires when an order to this vehicle is acknowledged, rejected or timed out."""
+
+    def __init__(self, coordinator: V2GFleetCoordinator, vehicle_id: str) -> None:
+        """Create the event entity of one vehicle."""
+        super().__init__(coordinator, DISPATCH_OUTCOME, vehicle_id)
+
+    async def async_added_to_hass(self) -> None:
+        """Listen to the dispatch outcomes of this vehicle."""
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            self.coordinator.async_subscribe_outcomes(
+                self.vehicle_id, self._async_handle_outcome
+            )
+        )
+
+    @callback
+    def _async_handle_outcome(
+        self, event_type: str, attributes: dict[str, Any]
+    ) -> None:
+        self._trigger_event(event_type, attributes)
+        self.async_write_ha_state()

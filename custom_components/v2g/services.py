@@ -1,0 +1,259 @@
+"""Actions: v2g.dispatch, v2g.discover, v2g.get_dispatch_log, v2g.plan_day_ahead."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+import math
+from typing import Any, Final, cast
+
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import (
+    HomeAssistant,
+    ServiceCall,
+    ServiceResponse,
+    SupportsResponse,
+    callback,
+)
+from homeassistant.exceptions import ServiceValidationError
+from homeassistant.helpers import config_validation as cv, selector
+from homeassistant.util import dt as dt_util
+import voluptuous as vol
+
+from .const import (
+    ATTR_CONFIG_ENTRY_ID,
+    DOMAIN,
+    SERVICE_DISCOVER,
+    SERVICE_DISPATCH,
+    SERVICE_GET_DISPATCH_LOG,
+    SERVICE_PLAN_DAY_AHEAD,
+)
+from .coordinator import V2GConfigEntry, V2GFleetCoordinator
+from .engine import InvalidValueError, SignalType, Strategy
+
+ATTR_SIGNAL_TYPE: Final = "signal_type"
+ATTR_POWER_KW: Final = "power_kw"
+ATTR_DURATION: Final = "duration"
+ATTR_VEHICLES: Final = "vehicles"
+ATTR_STRATEGY: Final = "strategy"
+ATTR_DRY_RUN: Final = "dry_run"
+ATTR_START: Final = "start"
+ATTR_END: Final = "end"
+ATTR_VEHICLE_ID: Final = "vehicle_id"
+ATTR_LIMIT: Final = "limit"
+ATTR_TARGET_KWH: Final = "target_kwh"
+ATTR_SLOT_MINUTES: Final = "slot_minutes"
+ATTR_DATE: Final = "date"
+ATTR_WINDOWS: Final = "windows"
+
+DEFAULT_DURATION: Final = timedelta(minutes=15)
+
+_ENTRY = selector.ConfigEntrySelector({"integration": DOMAIN})
+
+
+def _signal_type(value: Any) -> SignalType:
+    try:
+        return SignalType.parse(value)
+    except InvalidValueError as err:
+        raise vol.Invalid(err.reason) from err
+
+
+def _strategy(value: Any) -> Strategy:
+    try:
+        return Strategy.parse(value)
+    except InvalidValueError as err:
+        raise vol.Invalid(err.reason) from err
+
+
+def _finite_float(value: Any) -> float:
+    number = float(vol.Coerce(float)(value))
+    if not math.isfinite(number):
+        raise vol.Invalid("must be a finite number")
+    return number
+
+
+_ID_LIST = vol.All(cv.ensure_list, [cv.string])
+
+DISPATCH_SCHEMA: Final = vol.Schema(
+    {
+        vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
+        vol.Required(ATTR_SIGNAL_TYPE): _signal_type,
+        vol.Required(ATTR_POWER_KW): _finite_float,
+        vol.Optional(ATTR_DURATION, default=DEFAULT_DURATION): cv.positive_time_period,
+        vol.Optional(ATTR_VEHICLES): _ID_LIST,
+        vol.Optional(ATTR_STRATEGY): _strategy,
+        vol.Optional(ATTR_DRY_RUN, default=False): cv.boolean,
+    }
+)
+DISCOVER_SCHEMA: Final = vol.Schema({vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY})
+GET_DISPATCH_LOG_SCHEMA: Final = vol.Schema(
+    {
+        vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
+        vol.Optional(ATTR_START): cv.datetime,
+        vol.Optional(ATTR_END): cv.datetime,
+        vol.Optional(ATTR_VEHICLE_ID): cv.string,
+        vol.Optional(ATTR_SIGNAL_TYPE): _signal_type,
+        vol.Optional(ATTR_LIMIT): vol.All(vol.Coerce(int), vol.Range(min=1)),
+    }
+)
+_WINDOW = vol.Schema({vol.Required("start"): cv.string, vol.Required("end"): cv.string})
+PLAN_DAY_AHEAD_SCHEMA: Final = vol.Schema(
+    {
+        vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
+        vol.Required(ATTR_TARGET_KWH): _finite_float,
+        vol.Optional(ATTR_SLOT_MINUTES, default=60): vol.All(
+            vol.Coerce(int), vol.Range(min=1, max=1440)
+        ),
+        vol.Optional(ATTR_DATE): cv.date,
+        vol.Optional(ATTR_VEHICLES): _ID_LIST,
+        vol.Optional(ATTR_WINDOWS): vol.Schema({cv.string: [_WINDOW]}),
+    }
+)
+
+
+def _get_coordinator(call: ServiceCall) -> V2GFleetCoordinator:
+    """Return the coordinator of the entry an action names (loaded, ours)."""
+    entry_id: str = call.data[ATTR_CONFIG_ENTRY_ID]
+    entry: V2GConfigEntry | None = call.hass.config_entries.async_get_entry(entry_id)
+    if entry is None or entry.domain != DOMAIN:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="invalid_config_entry",
+            translation_placeholders={"config_entry": entry_id},
+        )
+    if entry.state is not ConfigEntryState.LOADED:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="unloaded_config_entry",
+            translation_placeholders={"config_entry": entry.title},
+        )
+    return entry.runtime_data
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else dt_util.as_utc(value.replace(tzinfo=None))
+
+
+def _window_time(day: date, text: str, vehicle_id: str) -> datetime:
+    """Parse a window bound: a time of day (on ``day``, UTC) or an ISO datetime."""
+    if (parsed_time := dt_util.parse_time(text)) is not None:
+        return datetime.combine(day, parsed_time, tzinfo=dt_util.UTC)
+    if text in ("24:00", "24:00:00"):
+        return datetime.combine(day + timedelta(days=1), time(), tzinfo=dt_util.UTC)
+    if (parsed := dt_util.parse_datetime(text)) is not None:
+        return (
+            dt_util.as_utc(parsed)
+            if parsed.tzinfo
+            else parsed.replace(tzinfo=dt_util.UTC)
+        )
+    raise ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key="invalid_window",
+        translation_placeholders={
+            "vehicle_id": vehicle_id,
+            "reason": f"cannot read the time {text!r}",
+        },
+    )
+
+
+@callback
+def async_setup_services(hass: HomeAssistant) -> None:
+    """Register the actions of the integration."""
+
+    async def async_dispatch(call: ServiceCall) -> ServiceResponse:
+        coordinator = _get_coordinator(call)
+        duration: timedelta = call.data[ATTR_DURATION]
+        vehicles = call.data.get(ATTR_VEHICLES)
+        result = await coordinator.async_dispatch(
+            call.data[ATTR_SIGNAL_TYPE],
+            call.data[ATTR_POWER_KW],
+            duration.total_seconds(),
+            vehicle_ids=None if vehicles is None else tuple(vehicles),
+            strategy=call.data.get(ATTR_STRATEGY),
+            dry_run=call.data[ATTR_DRY_RUN],
+        )
+        if not call.return_response:
+            return None
+        return result.as_response()
+
+    async def async_discover(call: ServiceCall) -> ServiceResponse:
+        coordinator = _get_coordinator(call)
+        found = await coordinator.async_discover()
+        if not call.return_response:
+            return None
+        return {
+            "count": len(found),
+            "vehicles": [vehicle.as_dict() for vehicle in found],
+        }
+
+    async def async_get_dispatch_log(call: ServiceCall) -> ServiceResponse:
+        coordinator = _get_coordinator(call)
+        start = call.data.get(ATTR_START)
+        end = call.data.get(ATTR_END)
+        start = None if start is None else _aware(start)
+        end = None if end is None else _aware(end)
+        if start is not None and end is not None and start > end:
+            raise ServiceValidationError(
+                translation_domain=DOMAIN, translation_key="invalid_time_range"
+            )
+        signal_type: SignalType | None = call.data.get(ATTR_SIGNAL_TYPE)
+        entries = coordinator.dispatch_log.query(
+            start=start,
+            end=end,
+            vehicle_id=call.data.get(ATTR_VEHICLE_ID),
+            signal_type=None if signal_type is None else signal_type.value,
+        )
+        if (limit := call.data.get(ATTR_LIMIT)) is not None:
+            entries = entries[-limit:]
+        return cast("ServiceResponse", {"count": len(entries), "entries": entries})
+
+    async def async_plan_day_ahead(call: ServiceCall) -> ServiceResponse:
+        coordinator = _get_coordinator(call)
+        day: date = call.data.get(ATTR_DATE) or (
+            dt_util.utcnow().date() + timedelta(days=1)
+        )
+        windows: dict[str, list[tuple[datetime, datetime]]] = {}
+        for vehicle_id, items in call.data.get(ATTR_WINDOWS, {}).items():
+            windows[vehicle_id] = [
+                (
+                    _window_time(day, item["start"], vehicle_id),
+                    _window_time(day, item["end"], vehicle_id),
+                )
+                for item in items
+            ]
+        vehicles = call.data.get(ATTR_VEHICLES)
+        return coordinator.plan_day_ahead(
+            target_kwh=call.data[ATTR_TARGET_KWH],
+            slot_minutes=call.data[ATTR_SLOT_MINUTES],
+            day=day,
+            vehicle_ids=None if vehicles is None else tuple(vehicles),
+            windows=windows,
+        )
+
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_DISPATCH,
+        async_dispatch,
+        schema=DISPATCH_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_DISCOVER,
+        async_discover,
+        schema=DISCOVER_SCHEMA,
+        supports_response=SupportsResponse.OPTIONAL,
+    )
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_GET_DISPATCH_LOG,
+        async_get_dispatch_log,
+        schema=GET_DISPATCH_LOG_SCHEMA,
+        supports_response=SupportsResponse.ONLY,
+    )
+    hass.services.async_register(
+        DOMAIN,
+        SERVICE_PLAN_DAY_AHEAD,
+        async_plan_day_ahead,
+        schema=PLAN_DAY_AHEAD_SCHEMA,
+        supports_response=SupportsResponse.ONLY,
+    )

@@ -1,0 +1,215 @@
+"""MQTT adapter: engine orders -> Home Assistant's MQTT client, and subscriptions.
+
+* :class:`TopicTemplate` turns a template such as ``vehicle/{vehicle_id}/ack`` into
+  a concrete topic, a ``+`` wildcard for subscribing, and back (topic -> id).
+* :class:`MqttOrderTransport` implements the engine's ``OrderTransport`` protocol:
+  a batch of orders is published per vehicle on the command topic, or grouped per
+  gateway on the gateway command topic as ``{"dispatch_id", "orders": [...]}``;
+  every publish uses an explicit ``int`` QoS and ``retain=False``; the outcome is
+  reported per order (``None`` or the exception), never raised.
+* :class:`SubscriptionGate` turns ``mqtt.async_on_subscribe_done`` into an
+  ``asyncio.Event`` a dispatch awaits before its first publish, so no early
+  acknowledgment can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from homeassistant.components import mqtt
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+
+from .const import GATEWAY_ID_PLACEHOLDER, VEHICLE_ID_PLACEHOLDER
+from .engine import encode_gateway_batch, encode_order
+
+if TYPE_CHECKING:
+    from .engine import Order
+
+
+@dataclass(frozen=True, slots=True)
+class TopicTemplate:
+    """A topic template with one placeholder level (``{vehicle_id}``/``{gateway_id}``)."""
+
+    template: str
+    placeholder: str = VEHICLE_ID_PLACEHOLDER
+    _levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _index: int | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Split the template once."""
+        levels = tuple(self.template.split("/"))
+        object.__setattr__(self, "_levels", levels)
+        index = levels.index(self.placeholder) if self.placeholder in levels else None
+        object.__setattr__(self, "_index", index)
+
+    def format(self, value: str) -> str:
+        """Return the concrete topic for one vehicle (or gateway)."""
+        return self.template.replace(self.placeholder, value)
+
+    @property
+    def wildcard(self) -> str:
+        """Return the subscription filter (``+`` in place of the placeholder)."""
+        return self.template.replace(self.placeholder, "+")
+
+    def extract(self, topic: str) -> str | None:
+        """Return the id a concrete topic carries, or None when it does not match."""
+        if self._index is None:
+            return None
+        levels = topic.split("/")
+        if len(levels) != len(self._levels):
+            return None
+        for position, (got, want) in enumerate(zip(levels, self._levels, strict=True)):
+            if position == self._index:
+                continue
+            if got != want:
+                return None
+        value = levels[self._index]
+        return value or None
+
+
+def gateway_template(template: str) -> TopicTemplate:
+    """Return a gateway topic template (``{gateway_id}`` placeholder)."""
+    return TopicTemplate(template, GATEWAY_ID_PLACEHOLDER)
+
+
+class MqttOrderTransport:
+    """Publish engine orders through Home Assistant's MQTT integration."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        command_topic: TopicTemplate,
+        gateway_command_topic: TopicTemplate,
+        qos: int,
+    ) -> None:
+        """Create the transport of one fleet."""
+        self._hass = hass
+        self._command = command_topic
+        self._gateway_command = gateway_command_topic
+        self._qos = int(qos)
+        self.published = 0
+        self.failed = 0
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        await mqtt.async_publish(
+            self._hass, topic, payload.decode(), qos=self._qos, retain=False
+        )
+
+    async def publish(self, orders: Sequence[Order]) -> list[Exception | None]:
+        """Publish every order; return one result per order, in the same order."""
+        results: list[Exception | None] = [None] * len(orders)
+        jobs: list[tuple[list[int], asyncio.Future[None] | asyncio.Task[None]]] = []
+        batches: dict[tuple[str, str], list[int]] = {}
+        for index, order in enumerate(orders):
+            if order.gateway:
+                batches.setdefault((order.gateway, order.dispatch_id), []).append(index)
+                continue
+            jobs.append(
+                (
+                    [index],
+                    asyncio.ensure_future(
+                        self._publish(
+                            self._command.format(order.vehicle_id), encode_order(order)
+                        )
+                    ),
+                )
+            )
+        for (gateway, dispatch_id), indexes in batches.items():
+            payload = encode_gateway_batch(dispatch_id, [orders[i] for i in indexes])
+            jobs.append(
+                (
+                    indexes,
+                    asyncio.ensure_future(
+                        self._publish(self._gateway_command.format(gateway), payload)
+                    ),
+                )
+            )
+        if not jobs:
+            return results
+        outcomes = await asyncio.gather(
+            *(job for _, job in jobs), return_exceptions=True
+        )
+        for (indexes, _), outcome in zip(jobs, outcomes, strict=True):
+            error: Exception | None
+            if outcome is None:
+                error = None
+            elif isinstance(outcome, Exception):
+                error = outcome
+            else:  # CancelledError and other BaseExceptions must not be swallowed
+                raise outcome
+            for index in indexes:
+                results[index] = error
+            if error is None:
+                self.published += len(indexes)
+            else:
+                self.failed += len(indexes)
+        return results
+
+
+class SubscriptionGate:
+    """An event set once the broker confirmed a set of subscriptions."""
+
+    def __init__(self) -> None:
+        """Create an open-pending gate."""
+        self._pending: set[str] = set()
+        self._event = asyncio.Event()
+        self._unsubs: list[CALLBACK_TYPE] = []
+
+    @callback
+    def async_watch(self, hass: HomeAssistant, topic: str, qos: int) -> None:
+        """Wait for the confirmation of ``topic`` (subscribed with ``qos``)."""
+        self._pending.add(topic)
+        self._event.clear()
+
+        @callback
+        def _done() -> None:
+            self._pending.discard(topic)
+            if not self._pending:
+                self._event.set()
+
+        self._unsubs.append(mqtt.async_on_subscribe_done(hass, topic, qos, _done))
+
+    @property
+    def is_set(self) -> bool:
+        """Return True once every watched subscription is confirmed."""
+        return self._event.is_set()
+
+    async def async_wait(self) -> None:
+        """Wait until the gate opens (wrap in ``asyncio.timeout`` to bound it)."""
+        await self._event.wait()
+
+    @callback
+    def async_close(self) -> None:
+        """Stop watching."""
+        while self._unsubs:
+            self._unsubs.pop()()
+
+
+type MessageCallback = Callable[[mqtt.ReceiveMessage], None]
+
+
+async def async_subscribe_all(
+    hass: HomeAssistant,
+    subscriptions: Sequence[tuple[str, MessageCallback, int]],
+) -> list[CALLBACK_TYPE]:
+    """Subscribe to every ``(topic, callback, qos)``; return the unsubscribers.
+
+    Payloads are delivered as raw bytes (``encoding=None``) so that oversize and
+    invalid UTF-8 input is detected by our decoders, not by the MQTT client.
+    """
+    unsubs: list[CALLBACK_TYPE] = []
+    try:
+        for topic, msg_callback, qos in subscriptions:
+            unsubs.append(
+                await mqtt.async_subscribe(
+                    hass, topic, msg_callback, qos=qos, encoding=None
+                )
+            )
+    except Exception:
+        for unsub in unsubs:
+            unsub()
+        raise
+    return unsubs
