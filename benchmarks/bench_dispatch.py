@@ -66,6 +66,7 @@ class DispatchRun:
     status: str
     ack_rate: float | None
     max_block_ms: float
+    max_gc_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
     state_writes: int | None = None
     entities_written: int | None = None
@@ -189,6 +190,8 @@ class FleetScenario:
         self.entry: ConfigEntry | None = None
         self.discovery_s = 0.0
         self.discovery_max_block_ms = 0.0
+        self.discovery_max_gc_ms = 0.0
+        self.gc_objects = 0
         self.entities = 0
         self.memory_peak_bytes: int | None = None
         self.memory_retained_bytes: int | None = None
@@ -252,7 +255,9 @@ class FleetScenario:
                 await hass.async_block_till_done()
                 self.entities = await self._async_settle_entities()
                 self.discovery_s = time.perf_counter() - started
+            self.gc_objects = len(gc.get_objects())
             self.discovery_max_block_ms = monitor.max_block_ms
+            self.discovery_max_gc_ms = monitor.max_gc_ms
             if trace_memory:
                 await hass.async_block_till_done()
                 gc.collect()
@@ -367,6 +372,7 @@ class FleetScenario:
             status=status,
             ack_rate=ack_rate,
             max_block_ms=monitor.max_block_ms,
+            max_gc_ms=monitor.max_gc_ms,
             problems=problems,
             state_writes=counter.writes if counter is not None else None,
             entities_written=len(per_entity) if counter is not None else None,

@@ -64,6 +64,7 @@ class FloorRun:
 
     seconds: float
     max_block_ms: float | None = None
+    max_gc_ms: float | None = None
 
 
 class HaFloor:
@@ -136,7 +137,9 @@ class HaFloor:
         finally:
             if monitor is not None:
                 await monitor.__aexit__(None, None, None)
-        return FloorRun(elapsed, monitor.max_block_ms if monitor else None)
+        if monitor is None:
+            return FloorRun(elapsed)
+        return FloorRun(elapsed, monitor.max_block_ms, monitor.max_gc_ms)
 
     def close(self) -> None:
         """Unsubscribe."""

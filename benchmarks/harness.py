@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 import contextlib
 from dataclasses import dataclass, field
+import gc
 import importlib
 import logging
 import os
@@ -217,13 +218,18 @@ class LoopBlockMonitor:
 
     Used as ``async with LoopBlockMonitor() as monitor: ...``; ``max_block_ms`` is
     the longest lateness seen (a callback or a chain of callbacks that kept the loop
-    busy), ``blocks_over(ms)`` counts wake-ups later than ``ms``.
+    busy, or a garbage collection), ``blocks_over(ms)`` counts wake-ups later than
+    ``ms``. Garbage collections are timed meanwhile (``gc.callbacks``): a full
+    (generation 2) collection stops every thread of the process, and in a process
+    holding Home Assistant it is the usual cause of blocks over 100 ms.
     """
 
     def __init__(self, interval: float = 0.005) -> None:
         """Create a monitor ticking every ``interval`` seconds."""
         self.interval = interval
         self.gaps: list[float] = []
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._gc_started = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
@@ -235,8 +241,17 @@ class LoopBlockMonitor:
             self.gaps.append(max(0.0, now - last - self.interval))
             last = now
 
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(
+                (info["generation"], time.perf_counter() - self._gc_started)
+            )
+
     async def __aenter__(self) -> Self:
         """Start ticking."""
+        gc.callbacks.append(self._on_gc)
         self._task = asyncio.create_task(self._tick(), name="bench loop ticker")
         await asyncio.sleep(0)
         return self
@@ -248,6 +263,8 @@ class LoopBlockMonitor:
         tb: TracebackType | None,
     ) -> None:
         """Stop ticking."""
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,6 +275,16 @@ class LoopBlockMonitor:
     def max_block_ms(self) -> float:
         """The longest block seen, in ms (0 when the loop never fell behind)."""
         return max(self.gaps, default=0.0) * 1000.0
+
+    @property
+    def max_gc_ms(self) -> float:
+        """The longest garbage collection meanwhile, in ms."""
+        return max((pause for _gen, pause in self.gc_pauses), default=0.0) * 1000.0
+
+    @property
+    def full_collections(self) -> int:
+        """Generation-2 collections meanwhile."""
+        return sum(1 for gen, _pause in self.gc_pauses if gen == 2)
 
     def blocks_over(self, threshold_ms: float) -> int:
         """How many wake-ups were later than ``threshold_ms``."""

@@ -204,6 +204,7 @@ def _summarise(row: dict[str, Any], runs: list[Any]) -> None:
     row["integration_runs_s"] = [round(run.seconds, 4) for run in runs]
     row["integration_s"] = median([run.seconds for run in runs])
     row["max_block_ms"] = max(run.max_block_ms for run in runs)
+    row["max_gc_ms"] = max(run.max_gc_ms for run in runs)
     row["all_acknowledged"] = all(run.ok for run in runs)
     row["orders"] = max(run.orders for run in runs)
     row["problems"] = sorted({problem for run in runs for problem in run.problems})
@@ -270,6 +271,8 @@ async def _measure_size(
         raise
     row["discovery_s"] = scenario.discovery_s
     row["discovery_max_block_ms"] = scenario.discovery_max_block_ms
+    row["discovery_max_gc_ms"] = scenario.discovery_max_gc_ms
+    row["gc_objects"] = scenario.gc_objects
     row["entities"] = scenario.entities
     say(
         f"  discovered {size} in {scenario.discovery_s:.1f} s"
@@ -316,6 +319,9 @@ def _finish_row(
         blocks = [f.max_block_ms for f in floors if f.max_block_ms is not None]
         if blocks:
             row["floor_max_block_ms"] = max(blocks)
+        pauses = [f.max_gc_ms for f in floors if f.max_gc_ms is not None]
+        if pauses:
+            row["floor_max_gc_ms"] = max(pauses)
     if runs:
         _summarise(row, runs)
         if row.get(floor_key):
