@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Generator
+from unittest.mock import patch
 
 import pytest
+from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 # Import our package first: otherwise Home Assistant mounts the test plugin's own
 # `custom_components` namespace and cannot find `v2g`.
@@ -17,3 +19,22 @@ def auto_enable_custom_integrations(
 ) -> Generator[None]:
     """Let Home Assistant load integrations from custom_components."""
     return
+
+
+@pytest.fixture
+def fast_mqtt_subscriptions() -> Generator[None]:
+    """Let the MQTT client confirm subscriptions without its real-time cooldown."""
+    with (
+        patch("homeassistant.components.mqtt.client.INITIAL_SUBSCRIBE_COOLDOWN", 0.0),
+        patch("homeassistant.components.mqtt.client.SUBSCRIBE_COOLDOWN", 0.0),
+        patch("homeassistant.components.mqtt.client.UNSUBSCRIBE_COOLDOWN", 0.0),
+    ):
+        yield
+
+
+@pytest.fixture
+async def fleet_mqtt(
+    fast_mqtt_subscriptions: None, mqtt_mock: MqttMockHAClient
+) -> MqttMockHAClient:
+    """The MQTT mock, set up after the cooldowns are patched."""
+    return mqtt_mock

@@ -697,7 +697,9 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 plugged_in=vehicle.available,
                 setpoint_kw=setpoints.get(vehicle_id, 0.0),
                 ack_rate=None if stats is None else stats.ack_rate,
-                last_ack_latency_ms=None if stats is None else stats.last_latency_ms,
+                last_ack_latency_ms=None
+                if stats is None or stats.last_latency_ms is None
+                else round(stats.last_latency_ms, 3),
                 energy_discharged_kwh=discharged,
                 energy_charged_kwh=fleet.energy_charged_kwh.get(vehicle_id, 0.0),
                 co2_avoided_g=co2_avoided_g(discharged, self.emission_factor)

@@ -129,10 +129,6 @@ def _get_coordinator(call: ServiceCall) -> V2GFleetCoordinator:
     return entry.runtime_data
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else dt_util.as_utc(value.replace(tzinfo=None))
-
-
 def _window_time(day: date, text: str, vehicle_id: str) -> datetime:
     """Parse a window bound: a time of day (on ``day``, UTC) or an ISO datetime."""
     if (parsed_time := dt_util.parse_time(text)) is not None:
@@ -189,8 +185,9 @@ def async_setup_services(hass: HomeAssistant) -> None:
         coordinator = _get_coordinator(call)
         start = call.data.get(ATTR_START)
         end = call.data.get(ATTR_END)
-        start = None if start is None else _aware(start)
-        end = None if end is None else _aware(end)
+        # A naive time (the UI's datetime selector) is local time.
+        start = None if start is None else dt_util.as_utc(start)
+        end = None if end is None else dt_util.as_utc(end)
         if start is not None and end is not None and start > end:
             raise ServiceValidationError(
                 translation_domain=DOMAIN, translation_key="invalid_time_range"

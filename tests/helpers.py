@@ -1,0 +1,199 @@
+"""Shared helpers of the integration tests: set up a fleet, play the vehicles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+import json
+import re
+from typing import Any
+
+from homeassistant.config_entries import ConfigSubentryData
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_fire_mqtt_message,
+    async_fire_time_changed,
+)
+from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+
+from custom_components.v2g.const import DOMAIN
+
+ENTRY_ID = "01JFLEET000000000000000000"
+COMMAND_RE = re.compile(r"^vehicle/([^/]+)/command$")
+GATEWAY_COMMAND_RE = re.compile(r"^v2g/gateway/([^/]+)/commands$")
+
+# What a simulated vehicle does with an order:
+#   "ack" | "reject" | "ignore" (never answers -> timeout) | "fail" (publish raises)
+#   | ("partial", applied_kw)  | a callable(order) returning one of those.
+type Behaviour = str | tuple[str, float] | Callable[[dict[str, Any]], Any]
+
+
+def vehicle_payload(vehicle_id: str, **fields: Any) -> str:
+    """Return a Go-cased discovery answer."""
+    data: dict[str, Any] = {
+        "ID": vehicle_id,
+        "SoC": 0.8,
+        "IsV2G": True,
+        "MaxPower": 10.0,
+        "BatteryKWh": 60.0,
+        "Available": True,
+    }
+    data.update(fields)
+    return json.dumps(data)
+
+
+async def flush_subscriptions(hass: HomeAssistant) -> None:
+    """Let the MQTT client's subscribe debouncer run (confirms subscriptions)."""
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
+    await hass.async_block_till_done()
+
+
+async def async_setup_fleet(
+    hass: HomeAssistant,
+    *,
+    options: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    subentries: list[ConfigSubentryData] | None = None,
+    entry: MockConfigEntry | None = None,
+) -> MockConfigEntry:
+    """Add (unless given) and set up a fleet entry; wait for its subscriptions."""
+    if entry is None:
+        entry = MockConfigEntry(
+            domain=DOMAIN,
+            title="Depot",
+            entry_id=ENTRY_ID,
+            data=dict(data or {}),
+            options=dict(options or {}),
+            subentries_data=subentries or (),
+        )
+        entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    await flush_subscriptions(hass)
+    return entry
+
+
+async def async_announce(
+    hass: HomeAssistant, *vehicles: tuple[str, dict[str, Any]]
+) -> None:
+    """Publish discovery answers for vehicles ``(id, fields)``."""
+    for vehicle_id, fields in vehicles:
+        async_fire_mqtt_message(
+            hass,
+            f"v2g/fleet/response/{vehicle_id}",
+            vehicle_payload(vehicle_id, **fields),
+        )
+    await hass.async_block_till_done()
+    # Telemetry and discovery updates are coalesced by a short debouncer.
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+    await hass.async_block_till_done()
+
+
+class FleetResponder:
+    """Answers the orders HA publishes, as vehicles (or gateways) would."""
+
+    def __init__(
+        self,
+        hass: HomeAssistant,
+        mqtt_mock: MqttMockHAClient,
+        behaviours: Mapping[str, Behaviour] | None = None,
+        *,
+        default: Behaviour = "ack",
+        discovery: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Install the responder as the side effect of ``async_publish``.
+
+        ``discovery`` lists the vehicles ``(id, fields)`` that answer a discovery
+        request.
+        """
+        self.hass = hass
+        self.discovery = list(discovery or [])
+        self.behaviours: dict[str, Behaviour] = dict(behaviours or {})
+        self.default = default
+        self.orders: list[dict[str, Any]] = []
+        self.publishes: list[tuple[str, Any, int, bool]] = []
+        mqtt_mock.async_publish.reset_mock()
+        mqtt_mock.async_publish.side_effect = self._publish
+
+    def orders_for(self, vehicle_id: str) -> list[dict[str, Any]]:
+        """Return the orders sent to one vehicle, oldest first."""
+        return [o for o in self.orders if o["vehicle_id"] == vehicle_id]
+
+    def _decide(self, order: dict[str, Any]) -> Any:
+        behaviour = self.behaviours.get(order["vehicle_id"], self.default)
+        if callable(behaviour):
+            behaviour = behaviour(order)
+        return behaviour
+
+    @staticmethod
+    def _answer(order: dict[str, Any], behaviour: Any) -> dict[str, Any] | None:
+        if behaviour == "ack":
+            return {"command_id": order["command_id"]}
+        if behaviour == "reject":
+            return {
+                "command_id": order["command_id"],
+                "status": "rejected",
+                "reason": "battery too hot",
+            }
+        if isinstance(behaviour, tuple) and behaviour[0] == "partial":
+            return {
+                "command_id": order["command_id"],
+                "status": "accepted",
+                "applied_power_kw": behaviour[1],
+            }
+        return None
+
+    def _fire(self, topic: str, payload: str) -> None:
+        self.hass.loop.call_soon(async_fire_mqtt_message, self.hass, topic, payload)
+
+    def _vehicle_order(self, order: dict[str, Any]) -> dict[str, Any] | None:
+        """Record an order; return its ack (None: no answer). Raises on "fail"."""
+        behaviour = self._decide(order)
+        if behaviour == "fail":
+            raise HomeAssistantError("broker refused the message")
+        self.orders.append(order)
+        return self._answer(order, behaviour)
+
+    async def _publish(self, topic: str, payload: Any, qos: int, retain: bool) -> None:
+        self.publishes.append((topic, payload, qos, retain))
+        if topic == "v2g/fleet/discovery":
+            for vehicle_id, fields in self.discovery:
+                self._fire(
+                    f"v2g/fleet/response/{vehicle_id}",
+                    vehicle_payload(vehicle_id, **fields),
+                )
+        elif match := COMMAND_RE.match(topic):
+            order = json.loads(payload)
+            assert order["vehicle_id"] == match.group(1)
+            if (answer := self._vehicle_order(order)) is not None:
+                self._fire(f"vehicle/{order['vehicle_id']}/ack", json.dumps(answer))
+        elif match := GATEWAY_COMMAND_RE.match(topic):
+            batch = json.loads(payload)
+            acks = [
+                {**answer, "vehicle_id": order["vehicle_id"]}
+                for order in batch["orders"]
+                if (answer := self._vehicle_order(order)) is not None
+            ]
+            if acks:
+                self._fire(
+                    f"v2g/gateway/{match.group(1)}/acks", json.dumps({"acks": acks})
+                )
+
+    def topics(self) -> list[str]:
+        """Return every topic published to, in order."""
+        return [topic for topic, *_ in self.publishes]
+
+    def command_publishes(self) -> list[str]:
+        """Return the topics of the order publishes (vehicle or gateway), in order."""
+        return [
+            topic
+            for topic in self.topics()
+            if COMMAND_RE.match(topic) or GATEWAY_COMMAND_RE.match(topic)
+        ]
+
+    def payloads(self, topic: str) -> list[Any]:
+        """Return the payloads published to one topic, in order."""
+        return [payload for t, payload, *_ in self.publishes if t == topic]
