@@ -83,6 +83,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def form_defaults(schema: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the frontend submits for an untouched form: defaults, sections included."""
+    answers: dict[str, Any] = {}
+    for item in schema:
+        if item.get("type") == "expandable":
+            answers[item["name"]] = form_defaults(item.get("schema", []))
+        elif "default" in item:
+            answers[item["name"]] = item["default"]
+    return answers
+
+
 class HassError(RuntimeError):
     """Home Assistant answered something unexpected."""
 
@@ -296,12 +307,10 @@ class HassInstance:
             raise HassError(f"v2g config flow aborted: {flow}")
         if flow.get("type") == "create_entry":
             return dict(flow["result"])
-        defaults: dict[str, Any] = {}
-        for item in flow.get("data_schema", []):
-            if item.get("name") == "name":
-                defaults["name"] = name
+        answers = form_defaults(flow.get("data_schema", []))
+        answers["name"] = name
         result = await self.rest(
-            "POST", f"/api/config/config_entries/flow/{flow['flow_id']}", defaults
+            "POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answers
         )
         if result.get("type") != "create_entry":
             raise HassError(f"v2g config flow did not create an entry: {result}")

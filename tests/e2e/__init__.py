@@ -1,0 +1,1 @@
+"""End-to-end tests: real mosquitto, HA's real MQTT client, the simulator, real hass."""
