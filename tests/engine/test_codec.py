@@ -26,6 +26,7 @@ from custom_components.v2g.engine import (
     encode_gateway_batch,
     encode_order,
     order_payload,
+    vehicle_from_mapping,
 )
 
 ORDER = Order(
@@ -136,8 +137,15 @@ def test_oversize_payloads_are_refused() -> None:
 
 
 def test_deep_nesting_is_a_decode_error() -> None:
-    with pytest.raises(DecodeError):
-        decode_ack(b'{"command_id":"c","x":' + b"[" * 60_000 + b"]" * 60_000 + b"}")
+    nested = b'{"command_id":"c","x":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert len(nested) < MAX_PAYLOAD_BYTES
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        decode_ack(nested)
+
+
+def test_vehicle_from_mapping_refuses_non_string_keys() -> None:
+    with pytest.raises(DecodeError, match="keys"):
+        vehicle_from_mapping({1: "x", "id": "v1"})  # type: ignore[dict-item]
 
 
 def test_gateway_acks_skip_and_count_bad_items() -> None:
@@ -382,13 +390,13 @@ def assert_decodes_or_rejects(payload: bytes | str) -> None:
             assert isinstance(result, expected)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_only_raise_decode_error(payload: bytes) -> None:
     assert_decodes_or_rejects(payload)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(JSON_VALUES)
 def test_arbitrary_json_only_raises_decode_error(value: object) -> None:
     payload = json.dumps(value)  # NaN/Infinity literals included on purpose
@@ -396,7 +404,7 @@ def test_arbitrary_json_only_raises_decode_error(value: object) -> None:
     assert_decodes_or_rejects(payload.encode())
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(
     st.fixed_dictionaries(
         {"command_id": st.text(max_size=5) | st.integers()},

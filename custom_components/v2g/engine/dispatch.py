@@ -294,31 +294,40 @@ class _InFlight:
     rounds: dict[OrderRound, list[PendingOrder]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        orders: list[dict[str, Any]] = []
+        """JSON-safe view, shaped like the DESIGN §4 response."""
+        rounds: dict[OrderRound, dict[str, dict[str, Any]]] = {
+            OrderRound.INITIAL: {},
+            OrderRound.FALLBACK: {},
+        }
+        assigned = 0.0
         for round_name, entries in self.rounds.items():
             for entry in entries:
                 order = entry.order
-                orders.append(
-                    {
-                        "round": round_name.value,
-                        "command_id": order.command_id,
-                        "vehicle_id": order.vehicle_id,
-                        "power_kw": order.power_kw,
-                        "status": entry.status.value,
-                        "latency_ms": _round_ms(entry.latency_ms),
-                        "reason": entry.reason,
-                        "delivered_kw": entry.delivered_kw,
-                        "score": self.scores.get(order.vehicle_id),
-                    }
-                )
+                if round_name is OrderRound.INITIAL:
+                    assigned += order.power_kw
+                rounds[round_name][order.vehicle_id] = {
+                    "power_kw": order.power_kw,
+                    "status": entry.status.value,
+                    "latency_ms": _round_ms(entry.latency_ms),
+                    "command_id": order.command_id,
+                    "reason": entry.reason,
+                    "score": self.scores.get(order.vehicle_id)
+                    if round_name is OrderRound.INITIAL
+                    else None,
+                    "delivered_kw": entry.delivered_kw,
+                }
+        signal = self.request.signal
         return {
             "dispatch_id": self.request.dispatch_id,
-            "signal": self.request.signal.as_dict(),
+            "signal": signal.as_dict(),
             "strategy": self.strategy.value,
             "phase": self.phase,
-            "started_at": isoformat_utc(self.started_at),
+            "requested_kw": signal.power_kw,
+            "assigned_kw": assigned,
+            "vehicles": rounds[OrderRound.INITIAL],
+            "fallback": rounds[OrderRound.FALLBACK],
             "excluded": {vid: r.value for vid, r in self.excluded.items()},
-            "orders": orders,
+            "started_at": isoformat_utc(self.started_at),
         }
 
 
@@ -365,6 +374,12 @@ def _status(
     return DispatchStatus.PARTIAL
 
 
+def _closed_status(value: str) -> OrderStatus:
+    # No ack was seen for an order still waiting when the dispatch stopped.
+    status = OrderStatus(value)
+    return OrderStatus.TIMEOUT if status is OrderStatus.PENDING else status
+
+
 def interrupted_response(
     record: Mapping[str, Any], completed_at: datetime
 ) -> dict[str, Any]:
@@ -372,7 +387,7 @@ def interrupted_response(
 
     `record` is one item of `DispatchEngine.pending_dispatches()` (it may have
     been stored and reloaded as JSON). Orders still pending are reported as
-    `pending`.
+    `timeout`: no ack was seen for them.
     """
     signal_data = record["signal"]
     signal = FlexibilitySignal(
@@ -381,22 +396,26 @@ def interrupted_response(
         duration_s=float(signal_data["duration_s"]),
         start=datetime.fromisoformat(signal_data["start"]),
     )
-    initial: dict[str, OrderOutcome] = {}
-    fallback: dict[str, OrderOutcome] = {}
-    for item in record["orders"]:
-        outcome = OrderOutcome(
-            vehicle_id=item["vehicle_id"],
-            power_kw=float(item["power_kw"]),
-            status=OrderStatus(item["status"]),
-            command_id=item["command_id"],
-            latency_ms=item.get("latency_ms"),
-            reason=item.get("reason"),
-            score=item.get("score"),
-            delivered_kw=float(item.get("delivered_kw", 0.0)),
-            round=OrderRound(item["round"]),
-        )
-        target = fallback if outcome.round is OrderRound.FALLBACK else initial
-        target[outcome.vehicle_id] = outcome
+    rounds: dict[OrderRound, dict[str, OrderOutcome]] = {}
+    for round_name in OrderRound:
+        rounds[round_name] = {
+            vehicle_id: OrderOutcome(
+                vehicle_id=vehicle_id,
+                power_kw=float(item["power_kw"]),
+                status=_closed_status(item["status"]),
+                command_id=item.get("command_id"),
+                latency_ms=item.get("latency_ms"),
+                reason=item.get("reason"),
+                score=item.get("score"),
+                delivered_kw=float(item.get("delivered_kw", 0.0)),
+                round=round_name,
+            )
+            for vehicle_id, item in record.get(
+                "vehicles" if round_name is OrderRound.INITIAL else "fallback", {}
+            ).items()
+        }
+    initial = rounds[OrderRound.INITIAL]
+    fallback = rounds[OrderRound.FALLBACK]
     assigned, acknowledged, sent, acked = _summarise(
         initial.values(), fallback.values()
     )
@@ -514,10 +533,13 @@ class DispatchEngine:
     def pending_dispatches(self) -> list[dict[str, Any]]:
         """JSON-safe records of the dispatches in flight.
 
-        Each has dispatch_id, signal, strategy, phase (publishing | waiting |
-        fallback), started_at, excluded and orders (round, command_id,
-        vehicle_id, power_kw, status, latency_ms, reason, delivered_kw, score).
-        Feed one to `interrupted_response` to record it as interrupted.
+        Each is shaped like the DESIGN §4 response (dispatch_id, signal,
+        strategy, requested_kw, assigned_kw, vehicles, fallback, excluded,
+        started_at) plus `phase` (publishing | waiting | fallback); orders
+        still waiting have status `pending`, and each order also carries its
+        `delivered_kw`. A dispatch is listed from before its first publish call
+        (so the transport can persist an in-flight marker). Feed a record to
+        `interrupted_response` to record it as interrupted.
         """
         return [flight.record() for flight in self._inflight.values()]
 

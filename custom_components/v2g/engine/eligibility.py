@@ -6,9 +6,16 @@ Two layers of rules:
   must be available; FCR needs a V2G vehicle with SoC >= 0.6; NEBEF needs a
   vehicle that is charging and not marked priority (it can reduce its charge);
 * safety rules (DESIGN §7): a discharge needs a V2G vehicle and never takes it
-  below max(its own min SoC, the configured min SoC, the safe floor), nor below
-  what it needs to reach its own min SoC by its departure when charging at its
-  charge rate after the signal; a charge never overfills the battery.
+  below max(the configured min SoC, the safe floor), nor below what it needs to
+  reach its own min SoC by its departure when recharging at its charge rate
+  after the signal (if it leaves before the signal ends, it must keep its min
+  SoC). A vehicle without a departure time keeps its own min SoC as a floor too
+  (Go's `MinSoC`: "minimum SoC required at departure" — with no departure known,
+  the only safe reading is "at all times"). A charge never overfills the battery.
+
+  Hence `soc_below_min` when the SoC is at or below the configured floors (or the
+  own min SoC of a vehicle without departure), `departure_protected` when the
+  departure requirement is what leaves nothing to give.
 
 The outcome per vehicle is a capacity in kW: what it can sustain in the signal's
 direction for the whole signal. Unlike the Go system, a vehicle that cannot cover
@@ -83,8 +90,16 @@ class Eligibility:
 
 
 def discharge_floor(vehicle: Vehicle, safety: SafetySettings) -> float:
-    """Lowest SoC a discharge may leave the vehicle at (ignoring departure)."""
-    return max(vehicle.min_soc, safety.min_soc, safety.safe_discharge_floor)
+    """Lowest SoC a discharge may leave the vehicle at, departure aside.
+
+    The configured min SoC and safe floor always apply. The vehicle's own min SoC
+    is a floor too, unless the vehicle has a departure time: then it is the SoC
+    it needs *at departure* (see `departure_floor`).
+    """
+    floor = max(safety.min_soc, safety.safe_discharge_floor)
+    if vehicle.departure is None:
+        floor = max(floor, vehicle.min_soc)
+    return floor
 
 
 def departure_floor(

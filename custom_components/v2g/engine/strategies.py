@@ -297,8 +297,12 @@ def _weighted_fill(
             result[index] = cap
             remaining -= cap
         else:
-            for other in order[position:]:
-                result[other] = level * weights[other]
+            rest = order[position:]
+            if len(rest) == 1:
+                result[index] = max(remaining, 0.0)  # exact, no λ·w rounding
+            else:
+                for other in rest:
+                    result[other] = level * weights[other]
             break
     return result
 
