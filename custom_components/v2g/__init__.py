@@ -87,8 +87,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="mqtt_not_ready"
         ) from err
+    # The coordinator shuts down (subscriptions, timers, stores) on unload.
     entry.runtime_data = coordinator
-    entry.async_on_unload(coordinator.async_shutdown)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 

@@ -435,6 +435,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.transport = MqttOrderTransport(
             hass, self.command_topic, self.gateway_command_topic, self.qos
         )
+        self.transport.before_publish = self._async_save_in_flight
         self.prediction: PredictionEngine | None = self._build_prediction()
         self.engine = DispatchEngine(
             self.transport,
@@ -565,7 +566,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 )
             )
         self._unsubs.append(
-            hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, self._handle_stop)
+            hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, self._handle_stop)
         )
         self.data = self._build_snapshot()
         entry.async_create_background_task(
@@ -622,7 +623,12 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             return interrupted_entry(record, completed)
 
     async def async_shutdown(self) -> None:
-        """Release every subscription, timer and listener; flush the stores."""
+        """Release every subscription, timer and listener; flush the stores.
+
+        Registered on the entry's unload by the base class; runs once.
+        """
+        if self._closing:
+            return
         self._closing = True
         await super().async_shutdown()
         running = self.engine.pending_dispatches()
@@ -753,7 +759,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             self.async_update_now()
 
     @callback
-    def _schedule_refresh(self) -> None:
+    def _schedule_snapshot(self) -> None:
         """Publish a snapshot soon; bursts of messages coalesce into one."""
         if not self._closing:
             self._refresh_debouncer.async_schedule_call()
@@ -780,6 +786,14 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _refresh_in_flight(self) -> None:
         stamp = dt_util.utcnow().isoformat()
         self.in_flight.async_update(
+            {**record, "updated_at": stamp}
+            for record in self.engine.pending_dispatches()
+        )
+
+    async def _async_save_in_flight(self) -> None:
+        """Save what the running dispatches know (their orders) before publishing."""
+        stamp = dt_util.utcnow().isoformat()
+        await self.in_flight.async_save(
             {**record, "updated_at": stamp}
             for record in self.engine.pending_dispatches()
         )
@@ -892,7 +906,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             session.setdefault(vehicle.vehicle_id, vehicle)
         if is_new:
             LOGGER.debug("Discovered vehicle %s", vehicle.vehicle_id)
-        self._schedule_refresh()
+        self._schedule_snapshot()
         self._schedule_save()
 
     @callback
@@ -913,7 +927,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.fleet.apply_telemetry(telemetry, self.runtime.monotonic())
         if telemetry.soc is not None:
             self._soc_known.add(telemetry.vehicle_id)
-        self._schedule_refresh()
+        self._schedule_snapshot()
         self._schedule_save()
 
     @callback
@@ -1013,7 +1027,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         if removed or manual:
             self._schedule_save()
             if self.data.vehicles or manual:
-                self._schedule_refresh()
+                self._schedule_snapshot()
 
     @callback
     def _track_entities(self) -> None:
@@ -1063,7 +1077,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _handle_entity_state(self, event: Event[EventStateChangedData]) -> None:
         for vehicle_id in self._entity_vehicles.get(event.data["entity_id"], []):
             self._refresh_manual_vehicle(vehicle_id)
-        self._schedule_refresh()
+        self._schedule_snapshot()
         self._schedule_save()
 
     # --- removal ------------------------------------------------------------------------
@@ -1098,9 +1112,10 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
 
         @callback
         def _remove() -> None:
-            listeners.remove(listener)
-            if not listeners:
-                self._outcome_listeners.pop(vehicle_id, None)
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners and self._outcome_listeners.get(vehicle_id) is listeners:
+                del self._outcome_listeners[vehicle_id]
 
         return _remove
 
@@ -1154,9 +1169,12 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                         chosen or self.settings.strategy_for(signal.signal_type)
                     ).value,
                     "phase": "starting",
-                    "started_at": signal.start.isoformat(),
+                    "requested_kw": signal.power_kw,
+                    "assigned_kw": 0.0,
+                    "vehicles": {},
+                    "fallback": {},
                     "excluded": {},
-                    "orders": [],
+                    "started_at": signal.start.isoformat(),
                 },
             )
         task = asyncio.current_task()

@@ -200,14 +200,22 @@ class InFlightStore:
         self._records[dispatch_id] = dict(record)
         await self._store.async_save(self._data())
 
-    @callback
-    def async_update(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Refresh what is known of the running dispatches (flushed at stop)."""
+    def _merge(self, records: Iterable[Mapping[str, Any]]) -> None:
         for record in records:
             dispatch_id = record.get("dispatch_id")
             if isinstance(dispatch_id, str) and dispatch_id in self._records:
                 self._records[dispatch_id] = {**self._records[dispatch_id], **record}
+
+    @callback
+    def async_update(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Refresh what is known of the running dispatches (flushed at stop)."""
+        self._merge(records)
         self._store.async_delay_save(self._data, 0)
+
+    async def async_save(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Refresh what is known of the running dispatches and write it now."""
+        self._merge(records)
+        await self._store.async_save(self._data())
 
     async def async_clear(self, dispatch_id: str) -> None:
         """Drop the marker of a dispatch that ended."""

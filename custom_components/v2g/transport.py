@@ -15,9 +15,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
@@ -92,57 +92,53 @@ class MqttOrderTransport:
         self._qos = int(qos)
         self.published = 0
         self.failed = 0
+        # Awaited before each publish call (the coordinator saves its in-flight
+        # markers there, so a crash mid-dispatch leaves a record of the orders).
+        self.before_publish: Callable[[], Awaitable[None]] | None = None
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         await mqtt.async_publish(
             self._hass, topic, payload.decode(), qos=self._qos, retain=False
         )
 
-    async def publish(self, orders: Sequence[Order]) -> list[Exception | None]:
-        """Publish every order; return one result per order, in the same order."""
-        results: list[Exception | None] = [None] * len(orders)
-        jobs: list[tuple[list[int], asyncio.Future[None] | asyncio.Task[None]]] = []
+    def _jobs(
+        self, orders: Sequence[Order]
+    ) -> list[tuple[list[int], Coroutine[Any, Any, None]]]:
+        """One publish per vehicle order, one per gateway (and dispatch) batch."""
+        jobs: list[tuple[list[int], Coroutine[Any, Any, None]]] = []
         batches: dict[tuple[str, str], list[int]] = {}
         for index, order in enumerate(orders):
             if order.gateway:
-                batches.setdefault((order.gateway, order.dispatch_id), []).append(index)
-                continue
-            jobs.append(
-                (
-                    [index],
-                    asyncio.ensure_future(
-                        self._publish(
-                            self._command.format(order.vehicle_id), encode_order(order)
-                        )
-                    ),
-                )
-            )
+                key = (order.gateway, order.dispatch_id)
+                batches.setdefault(key, []).append(index)
+            else:
+                topic = self._command.format(order.vehicle_id)
+                jobs.append(([index], self._publish(topic, encode_order(order))))
         for (gateway, dispatch_id), indexes in batches.items():
             payload = encode_gateway_batch(dispatch_id, [orders[i] for i in indexes])
-            jobs.append(
-                (
-                    indexes,
-                    asyncio.ensure_future(
-                        self._publish(self._gateway_command.format(gateway), payload)
-                    ),
-                )
-            )
-        if not jobs:
+            topic = self._gateway_command.format(gateway)
+            jobs.append((indexes, self._publish(topic, payload)))
+        return jobs
+
+    async def publish(self, orders: Sequence[Order]) -> list[Exception | None]:
+        """Publish every order; return one result per order, in the same order."""
+        results: list[Exception | None] = [None] * len(orders)
+        if not orders:
             return results
+        if self.before_publish is not None:
+            await self.before_publish()
+        jobs = self._jobs(orders)
         outcomes = await asyncio.gather(
-            *(job for _, job in jobs), return_exceptions=True
+            *(coro for _, coro in jobs), return_exceptions=True
         )
         for (indexes, _), outcome in zip(jobs, outcomes, strict=True):
-            error: Exception | None
-            if outcome is None:
-                error = None
-            elif isinstance(outcome, Exception):
-                error = outcome
-            else:  # CancelledError and other BaseExceptions must not be swallowed
-                raise outcome
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, Exception
+            ):
+                raise outcome  # CancelledError & co. must not be swallowed
             for index in indexes:
-                results[index] = error
-            if error is None:
+                results[index] = outcome
+            if outcome is None:
                 self.published += len(indexes)
             else:
                 self.failed += len(indexes)
