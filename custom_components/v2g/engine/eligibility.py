@@ -112,15 +112,44 @@ def departure_floor(
     SoC. None when there is no departure or no min SoC to protect. The result may
     be negative (enough time to recharge from empty).
     """
-    if vehicle.departure is None or vehicle.min_soc <= 0.0:
+    return _departure_floor(vehicle, max(signal_end, now))
+
+
+def _departure_floor(vehicle: Vehicle, recharge_from: datetime) -> float | None:
+    departure = vehicle.departure
+    if departure is None or vehicle.min_soc <= 0.0:
         return None
-    recharge_from = max(signal_end, now)
-    if vehicle.departure <= recharge_from:
+    if departure <= recharge_from:
         return vehicle.min_soc
-    hours = (vehicle.departure - recharge_from).total_seconds() / 3600.0
+    hours = (departure - recharge_from).total_seconds() / 3600.0
     return (
         vehicle.min_soc - vehicle.effective_charge_rate_kw * hours / vehicle.battery_kwh
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What every vehicle of one evaluation is checked against, computed once."""
+
+    signal_type: SignalType
+    power_kw: float
+    duration_h: float
+    recharge_from: datetime
+    base_floor: float
+    soc_constraints: bool
+
+    @classmethod
+    def of(
+        cls, signal: FlexibilitySignal, safety: SafetySettings, now: datetime
+    ) -> _Rules:
+        return cls(
+            signal.signal_type,
+            signal.power_kw,
+            signal.duration_h,
+            max(signal.end, now),
+            max(safety.min_soc, safety.safe_discharge_floor),
+            safety.soc_constraints,
+        )
 
 
 def _signal_type_rule(
@@ -139,28 +168,26 @@ def _signal_type_rule(
     return None
 
 
-def _discharge_capacity(
-    vehicle: Vehicle,
-    signal: FlexibilitySignal,
-    safety: SafetySettings,
-    now: datetime,
-) -> float | ExclusionReason:
+def _discharge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionReason:
     if not vehicle.is_v2g:
         return ExclusionReason.NOT_V2G
     capacity = vehicle.max_power_kw
     protected_by_departure = False
-    if safety.soc_constraints:
-        floor = discharge_floor(vehicle, safety)
-        if vehicle.soc <= floor + _SOC_EPSILON:
+    if rules.soc_constraints:
+        soc = vehicle.soc
+        floor = rules.base_floor
+        if vehicle.departure is None and vehicle.min_soc > floor:
+            floor = vehicle.min_soc
+        if soc <= floor + _SOC_EPSILON:
             return ExclusionReason.SOC_BELOW_MIN
-        needed = departure_floor(vehicle, signal.end, now)
+        needed = _departure_floor(vehicle, rules.recharge_from)
         if needed is not None and needed > floor:
             floor = needed
             protected_by_departure = True
-            if vehicle.soc <= floor + _SOC_EPSILON:
+            if soc <= floor + _SOC_EPSILON:
                 return ExclusionReason.DEPARTURE_PROTECTED
-        energy_kwh = (vehicle.soc - floor) * vehicle.battery_kwh
-        capacity = min(capacity, energy_kwh / signal.duration_h)
+        sustainable = (soc - floor) * vehicle.battery_kwh / rules.duration_h
+        capacity = min(capacity, sustainable)
     capacity *= 1.0 - vehicle.degradation_factor
     if capacity < MIN_CAPACITY_KW:
         if protected_by_departure:
@@ -169,17 +196,27 @@ def _discharge_capacity(
     return capacity
 
 
-def _charge_capacity(
-    vehicle: Vehicle, signal: FlexibilitySignal, safety: SafetySettings
-) -> float | ExclusionReason:
+def _charge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionReason:
     capacity = vehicle.effective_charge_rate_kw
-    if safety.soc_constraints:
+    if rules.soc_constraints:
         room_kwh = (1.0 - vehicle.soc) * vehicle.battery_kwh
-        capacity = min(capacity, room_kwh / signal.duration_h)
+        capacity = min(capacity, room_kwh / rules.duration_h)
     capacity *= 1.0 - vehicle.degradation_factor
     if capacity < MIN_CAPACITY_KW:
         return ExclusionReason.INSUFFICIENT_ENERGY
     return capacity
+
+
+def _capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionReason:
+    reason = _signal_type_rule(vehicle, rules.signal_type)
+    if reason is not None:
+        return reason
+    if rules.power_kw > 0.0:
+        return _discharge_capacity(vehicle, rules)
+    if rules.power_kw < 0.0:
+        return _charge_capacity(vehicle, rules)
+    # A zero-power signal asks for nothing: report the nominal power.
+    return vehicle.max_power_kw * (1.0 - vehicle.degradation_factor)
 
 
 def vehicle_capacity(
@@ -189,15 +226,7 @@ def vehicle_capacity(
     now: datetime,
 ) -> float | ExclusionReason:
     """Return what one vehicle can give for `signal` (kW), or why it cannot."""
-    reason = _signal_type_rule(vehicle, signal.signal_type)
-    if reason is not None:
-        return reason
-    if signal.power_kw > 0.0:
-        return _discharge_capacity(vehicle, signal, safety, now)
-    if signal.power_kw < 0.0:
-        return _charge_capacity(vehicle, signal, safety)
-    # A zero-power signal asks for nothing: report the nominal power.
-    return vehicle.max_power_kw * (1.0 - vehicle.degradation_factor)
+    return _capacity(vehicle, _Rules.of(signal, safety, now))
 
 
 def evaluate_eligibility(
@@ -211,11 +240,12 @@ def evaluate_eligibility(
     Candidates keep the input order. `now` bounds the departure protection: the
     recharge window starts at the later of the signal's end and `now`.
     """
+    rules = _Rules.of(signal, safety, now)
     candidates: list[Candidate] = []
     excluded: dict[str, ExclusionReason] = {}
     add_candidate = candidates.append
     for vehicle in vehicles:
-        outcome = vehicle_capacity(vehicle, signal, safety, now)
+        outcome = _capacity(vehicle, rules)
         if isinstance(outcome, ExclusionReason):
             excluded[vehicle.vehicle_id] = outcome
         else:

@@ -283,7 +283,8 @@ def _weighted_fill(
     count = len(caps)
     if target >= math.fsum(caps):
         return list(caps)
-    order = sorted(range(count), key=lambda i: caps[i] / weights[i])
+    ratios = [cap / weight for cap, weight in zip(caps, weights, strict=True)]
+    order = sorted(range(count), key=ratios.__getitem__)
     # weight_left[k] = total weight of order[k:], so λ never drifts.
     weight_left = [0.0] * (count + 1)
     for position in range(count - 1, -1, -1):
@@ -335,7 +336,7 @@ def _optimal_fill(
     caps: Sequence[float], scores: Sequence[float], target: float
 ) -> list[float]:
     result = [0.0] * len(caps)
-    order = sorted(range(len(caps)), key=lambda i: -scores[i])
+    order = sorted(range(len(caps)), key=scores.__getitem__, reverse=True)
     remaining = target
     start = 0
     count = len(order)
@@ -385,7 +386,12 @@ def _segment_fill(
 ) -> tuple[list[float], list[float]]:
     groups: dict[str, list[int]] = {}
     for index, candidate in enumerate(candidates):
-        groups.setdefault(candidate.vehicle.segment, []).append(index)
+        segment = candidate.vehicle.segment
+        members = groups.get(segment)
+        if members is None:
+            groups[segment] = [index]
+        else:
+            members.append(index)
     total = math.fsum(caps)
     powers = [0.0] * len(candidates)
     scores = [0.0] * len(candidates)
@@ -439,17 +445,17 @@ def allocate(
     participation = participation or {}
     reliability = reliability or {}
     base_weights = weights if weights is not None else ScoreWeights()
-    caps: list[float] = []
-    seen: set[str] = set()
-    for candidate in candidates:
-        capacity = candidate.capacity_kw
-        if not math.isfinite(capacity) or capacity < 0.0:
-            raise InvalidValueError(
-                "capacity_kw", f"{candidate.vehicle.vehicle_id}: must be finite, >= 0"
-            )
-        seen.add(candidate.vehicle.vehicle_id)
-        caps.append(capacity)
-    if len(seen) != len(caps):
+    ids = [c.vehicle.vehicle_id for c in candidates]
+    caps = [c.capacity_kw for c in candidates]
+    # One C-speed pass each: NaN/inf make the sum non-finite.
+    if caps and (not math.isfinite(math.fsum(caps)) or min(caps) < 0.0):
+        bad = next(
+            vid
+            for vid, cap in zip(ids, caps, strict=True)
+            if not (0.0 <= cap < math.inf)
+        )
+        raise InvalidValueError("capacity_kw", f"{bad}: must be finite, >= 0")
+    if len(set(ids)) != len(ids):
         raise InvalidValueError("candidates", "duplicate vehicle ids")
     target = abs(signal.power_kw)
     if strategy is Strategy.SEGMENTED:
@@ -473,13 +479,10 @@ def allocate(
         )
         powers = _fill(strategy, caps, scores, target) if target > 0.0 else []
     sign = 1.0 if signal.power_kw > 0.0 else -1.0
-    assignments: dict[str, float] = {}
-    for candidate, power in zip(candidates, powers, strict=False):
-        if power > 0.0:
-            assignments[candidate.vehicle.vehicle_id] = sign * power
+    assignments = {
+        vid: sign * power
+        for vid, power in zip(ids, powers, strict=False)
+        if power > 0.0
+    }
     shortfall = max(target - math.fsum(powers), 0.0)
-    return Allocation(
-        assignments,
-        {c.vehicle.vehicle_id: s for c, s in zip(candidates, scores, strict=True)},
-        shortfall,
-    )
+    return Allocation(assignments, dict(zip(ids, scores, strict=True)), shortfall)
