@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 import json
@@ -47,8 +48,10 @@ def vehicle_payload(vehicle_id: str, **fields: Any) -> str:
 
 async def flush_subscriptions(hass: HomeAssistant) -> None:
     """Let the MQTT client's subscribe debouncer run (confirms subscriptions)."""
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
-    await hass.async_block_till_done()
+    for _ in range(3):
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
+        await hass.async_block_till_done()
+        await asyncio.sleep(0.001)
 
 
 async def async_setup_fleet(
