@@ -71,9 +71,13 @@ def _async_create_mqtt_issue(hass: HomeAssistant) -> None:
 
 async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
     """Set up a fleet once Home Assistant's MQTT client is ready."""
+    if not hass.config_entries.async_entries(MQTT_DOMAIN):
+        # Not set up at all (or removed): the user has to act.
+        _async_create_mqtt_issue(hass)
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN, translation_key="mqtt_not_ready"
+        )
     if not await mqtt.util.async_wait_for_mqtt_client(hass):
-        if not hass.config_entries.async_entries(MQTT_DOMAIN):
-            _async_create_mqtt_issue(hass)
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="mqtt_not_ready"
         )
