@@ -29,7 +29,7 @@ DASHBOARD_PATH = "ev-participation"
 # unique-id suffixes (entry_fleet_<key> / entry_<vehicle>_<key>) shown on the dashboard
 FLEET_KEYS = (
     "ack_rate_24h",
-    "last_dispatch_ack_rate",
+    "last_ack_rate",
     "vehicles_available",
     "flexibility_up",
     "flexibility_down",
@@ -43,6 +43,11 @@ FLEET_KEYS = (
     "ack_rate_problem",
 )
 VEHICLE_KEYS = ("state_of_charge", "setpoint", "ack_rate")
+VEHICLE_LABELS = {
+    "state_of_charge": "SoC",
+    "setpoint": "Setpoint",
+    "ack_rate": "Ack rate",
+}
 HISTORY_KEYS = (
     "ack_rate_24h",
     "vehicles_available",
@@ -155,7 +160,11 @@ def dashboard_config(
             "type": "glance",
             "title": vehicle_id,
             "columns": 3,
-            "entities": [keys[k] for k in VEHICLE_KEYS if k in keys],
+            "entities": [
+                {"entity": keys[k], "name": VEHICLE_LABELS[k]}
+                for k in VEHICLE_KEYS
+                if k in keys
+            ],
         }
         for vehicle_id, keys in sorted(vehicles.items())
     ]
@@ -223,37 +232,56 @@ def automation_yaml(entry_id: str, minutes: int) -> str:
 """
 
 
-async def run(args: argparse.Namespace) -> None:
-    """Start everything, print how to reach it, wait for Ctrl-C, stop everything."""
-    config_dir: Path = args.config_dir
-    if args.fresh and config_dir.exists():
-        shutil.rmtree(config_dir)
-    config_dir.mkdir(parents=True, exist_ok=True)
-    processes: list[subprocess.Popen[bytes]] = []
-    hass = HassInstance(
-        config_dir, port=args.port, trusted_networks=args.trusted_networks
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        if (broker := start_broker(config_dir, args.broker_port)) is not None:
-            processes.append(broker)
-        processes.append(
-            start_simulator(config_dir, args.broker_port, args.vehicles, args.seed)
+class DemoStack:
+    """Broker, simulated fleet and Home Assistant with V2G, started and stopped together."""
+
+    def __init__(
+        self,
+        config_dir: Path,
+        *,
+        port: int = 8123,
+        broker_port: int = 1883,
+        vehicles: int = 20,
+        seed: int = 7,
+        dispatch_every: int = 5,
+        trusted_networks: bool = False,
+    ) -> None:
+        """Describe the stack; nothing starts before `start()`."""
+        self.config_dir = config_dir
+        self.broker_port = broker_port
+        self.vehicles = vehicles
+        self.seed = seed
+        self.dispatch_every = dispatch_every
+        self.hass = HassInstance(
+            config_dir, port=port, trusted_networks=trusted_networks
         )
+        self.entry_id = ""
+        self.first_dispatch: dict[str, Any] = {}
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def dashboard_url(self) -> str:
+        """Where the EV participation dashboard is served."""
+        return f"{self.hass.url}/{DASHBOARD_PATH}"
+
+    async def start(self) -> None:
+        """Start everything and configure Home Assistant (idempotent per folder)."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        if (broker := start_broker(self.config_dir, self.broker_port)) is not None:
+            self._processes.append(broker)
+        self._processes.append(
+            start_simulator(self.config_dir, self.broker_port, self.vehicles, self.seed)
+        )
+        hass = self.hass
         hass.prepare()
-        print("Starting Home Assistant…")
         await hass.start()
-        await hass.ensure_mqtt_entry(args.broker_port)
+        await hass.ensure_mqtt_entry(self.broker_port)
         entry = await hass.ensure_v2g_entry()
-        entry_id = entry["entry_id"]
-        found = await hass.call_service(
+        self.entry_id = entry_id = entry["entry_id"]
+        await hass.call_service(
             "v2g", "discover", {"config_entry_id": entry_id}, return_response=True
         )
-        print(f"Discovered {len(found.get('vehicles', found))} vehicles")
-        await asyncio.sleep(2)  # let the platforms add the new vehicles' entities
+        await asyncio.sleep(1)  # let the platforms add the new vehicles' entities
         fleet, vehicles = await collect_entities(hass, entry_id)
         dashboards = await hass.ws("lovelace/dashboards/list")
         if not any(d.get("url_path") == DASHBOARD_PATH for d in dashboards):
@@ -271,44 +299,75 @@ async def run(args: argparse.Namespace) -> None:
             url_path=DASHBOARD_PATH,
             config=dashboard_config(fleet, vehicles),
         )
-        (config_dir / "automations.yaml").write_text(
-            automation_yaml(entry_id, args.dispatch_every), encoding="utf-8"
+        (self.config_dir / "automations.yaml").write_text(
+            automation_yaml(entry_id, self.dispatch_every), encoding="utf-8"
         )
         await hass.call_service("automation", "reload", {})
-        first = await hass.call_service(
+        self.first_dispatch = await hass.call_service(
             "v2g",
             "dispatch",
             {
                 "config_entry_id": entry_id,
                 "signal_type": "aFRR",
                 "power_kw": 30,
-                "duration": {"minutes": args.dispatch_every},
+                "duration": {"minutes": self.dispatch_every},
             },
             return_response=True,
         )
-        print(
-            f"First dispatch: {first['status']}, "
-            f"{first['acknowledged_kw']:.1f} of {first['requested_kw']:.1f} kW "
-            f"acknowledged"
-        )
-        print()
-        print(f"Home Assistant: {hass.url}/{DASHBOARD_PATH}")
-        print(f"Login: {hass.username} / {hass.password}")
-        if args.trusted_networks:
-            print("(demo only: 127.0.0.1 is logged in without a password)")
-        print(f"Prometheus metrics: {hass.url}/api/prometheus (bearer token)")
-        print("Press Ctrl-C to stop.")
-        await stop.wait()
-    finally:
-        print("Stopping…")
-        await hass.stop()
-        for process in reversed(processes):
+
+    async def stop(self) -> None:
+        """Stop Home Assistant, the simulator and the broker we started."""
+        await self.hass.stop()
+        for process in reversed(self._processes):
             if process.poll() is None:
                 process.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(10)
             if process.poll() is None:
                 process.kill()
+                process.wait(10)
+        self._processes.clear()
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Start everything, print how to reach it, wait for Ctrl-C, stop everything."""
+    config_dir: Path = args.config_dir
+    if args.fresh and config_dir.exists():
+        shutil.rmtree(config_dir)
+    stack = DemoStack(
+        config_dir,
+        port=args.port,
+        broker_port=args.broker_port,
+        vehicles=args.vehicles,
+        seed=args.seed,
+        dispatch_every=args.dispatch_every,
+        trusted_networks=args.trusted_networks,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        print("Starting mosquitto, the simulated fleet and Home Assistant…")
+        await stack.start()
+        first = stack.first_dispatch
+        print(
+            f"First dispatch: {first['status']}, "
+            f"{first['acknowledged_kw']:.1f} of {first['requested_kw']:.1f} kW "
+            f"acknowledged by {len(first['vehicles'])} vehicles"
+        )
+        print()
+        print(f"EV participation dashboard: {stack.dashboard_url}")
+        print(f"Login: {stack.hass.username} / {stack.hass.password}")
+        if args.trusted_networks:
+            print("(demo only: 127.0.0.1 is logged in without a password)")
+        print(f"Prometheus metrics: {stack.hass.url}/api/prometheus (bearer token)")
+        print(f"Logs: {config_dir}/hass.log, simulator.log")
+        print("Press Ctrl-C to stop.")
+        await stop.wait()
+    finally:
+        print("Stopping…")
+        await stack.stop()
 
 
 def main() -> None:

@@ -61,11 +61,11 @@ TRUSTED_NETWORKS = """\
   # Demo only: 127.0.0.1 is logged in without a password (so a browser test or a
   # local visitor needs no typing). Never use this on a reachable server.
   auth_providers:
-    - type: homeassistant
     - type: trusted_networks
       trusted_networks:
         - 127.0.0.1/32
       allow_bypass_login: true
+    - type: homeassistant
 """
 
 
