@@ -716,3 +716,17 @@ async def test_large_fleet_dispatch() -> None:
     assert len(harness.transport.calls[0]) == 2_000
     assert result.status is DispatchStatus.COMPLETED
     assert result.acknowledged_kw == pytest.approx(5_000.0)
+
+
+async def test_silent_vehicles_are_excluded_as_unavailable() -> None:
+    """A vehicle not heard from within the stale timeout is not ordered."""
+    harness = Harness(two_vehicles(), settings=DispatchSettings(stale_timeout_s=60.0))
+    harness.fleet.touch("v2", 100.0)
+    harness.runtime.clock = 120.0  # v1 last seen at 0 s, v2 at 100 s
+    result = await harness.dispatch(10.0)
+    assert result.excluded == {"v1": ExclusionReason.UNAVAILABLE}
+    assert list(result.vehicles) == ["v2"]
+    # The vehicle itself is untouched: it is live again as soon as it speaks.
+    assert harness.fleet.vehicles["v1"].available
+    with pytest.raises(InvalidValueError, match="stale_timeout_s"):
+        DispatchSettings(stale_timeout_s=0.0)

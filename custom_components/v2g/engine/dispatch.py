@@ -127,6 +127,8 @@ class DispatchSettings:
     publish_retries: int = 3
     retry_backoff_s: float = 0.1
     order_ttl_s: float | None = None
+    # A vehicle silent for longer than this is treated as unavailable (None: never).
+    stale_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         """Validate timings and counts.
@@ -144,6 +146,10 @@ class DispatchSettings:
             not math.isfinite(self.order_ttl_s) or self.order_ttl_s <= 0.0
         ):
             raise InvalidValueError("order_ttl_s", "must be > 0")
+        if self.stale_timeout_s is not None and (
+            not math.isfinite(self.stale_timeout_s) or self.stale_timeout_s <= 0.0
+        ):
+            raise InvalidValueError("stale_timeout_s", "must be > 0")
 
     def strategy_for(self, signal_type: SignalType) -> Strategy:
         """Strategy configured for a signal type (smart when not configured)."""
@@ -553,15 +559,27 @@ class DispatchEngine:
     def _select_vehicles(self, vehicle_ids: tuple[str, ...] | None) -> list[Vehicle]:
         vehicles = self.fleet.vehicles
         if vehicle_ids is None:
-            return list(vehicles.values())
-        unique = list(dict.fromkeys(vehicle_ids))
-        unknown = [vid for vid in unique if vid not in vehicles]
-        if unknown:
-            listed = ", ".join(unknown[:_MAX_LISTED_IDS])
-            if len(unknown) > _MAX_LISTED_IDS:
-                listed += ", …"
-            raise InvalidValueError("vehicles", f"unknown vehicle ids: {listed}")
-        return [vehicles[vid] for vid in unique]
+            selected = list(vehicles.values())
+        else:
+            unique = list(dict.fromkeys(vehicle_ids))
+            unknown = [vid for vid in unique if vid not in vehicles]
+            if unknown:
+                listed = ", ".join(unknown[:_MAX_LISTED_IDS])
+                if len(unknown) > _MAX_LISTED_IDS:
+                    listed += ", …"
+                raise InvalidValueError("vehicles", f"unknown vehicle ids: {listed}")
+            selected = [vehicles[vid] for vid in unique]
+        timeout = self.settings.stale_timeout_s
+        if timeout is None:
+            return selected
+        # A silent vehicle has most likely left: report it unavailable, order nothing.
+        stale = set(self.fleet.stale_ids(self.runtime.monotonic(), timeout))
+        return [
+            v.with_changes(available=False)
+            if v.vehicle_id in stale and v.available
+            else v
+            for v in selected
+        ]
 
     def _predict(
         self, candidates: list[Candidate], signal: FlexibilitySignal
