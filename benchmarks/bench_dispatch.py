@@ -30,7 +30,7 @@ import tracemalloc
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 
 from .harness import (
@@ -71,6 +71,7 @@ class DispatchRun:
     state_writes: int | None = None
     entities_written: int | None = None
     max_writes_per_entity: int | None = None
+    rewritten: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,6 +82,8 @@ class DispatchRun:
 def check_response(response: Any, expected: int) -> tuple[int, int, str, list[str]]:
     """(orders, acknowledged, status, problems) of a DESIGN §4 dispatch response."""
     problems: list[str] = []
+    if response is None:
+        return 0, 0, "?", []
     if not isinstance(response, dict):
         return 0, 0, "?", [f"response is not a dict: {response!r:.200}"]
     vehicles = response.get("vehicles") or {}
@@ -289,6 +292,11 @@ class FleetScenario:
                 return count
             await asyncio.sleep(0.1)
 
+    @property
+    def dispatch_limit_s(self) -> float:
+        """Give up on a dispatch after this long (every ack times out before)."""
+        return BENCH_ACK_TIMEOUT_S + 60.0 + self.size / 100.0
+
     def service_data(self) -> dict[str, Any]:
         """The ``v2g.dispatch`` call: every vehicle 1 kW, equal split."""
         entry = self._require_entry()
@@ -307,41 +315,20 @@ class FleetScenario:
         settle_s: float = 1.0,
         profile_path: Path | None = None,
     ) -> DispatchRun:
-        """Call ``v2g.dispatch`` once; time it and check the response."""
+        """Call ``v2g.dispatch`` once; time it and check the response.
+
+        With ``count_writes`` the entity state writes are counted from the call
+        until ``settle_s`` after the response (debounced updates included).
+        """
         hass = self.hass
-        data = self.service_data()
         counter = StateWriteCounter(hass) if count_writes else None
-        per_entity: Counter[str] = Counter()
-        unsub_per_entity = None
-        if counter is not None:
-
-            @callback
-            def _per_entity(event_data: Any) -> bool:
-                per_entity[event_data["entity_id"]] += 1
-                return False
-
-            unsub_per_entity = [
-                hass.bus.async_listen(kind, lambda _e: None, event_filter=_per_entity)
-                for kind in ("state_changed", "state_reported")
-            ]
         profiler = cProfile.Profile() if profile_path is not None else None
-        problems: list[str] = []
-        response: Any = None
         try:
             async with LoopBlockMonitor() as monitor:
                 if profiler is not None:
                     profiler.enable()
                 started = time.perf_counter()
-                try:
-                    response = await hass.services.async_call(
-                        DOMAIN,
-                        "dispatch",
-                        data,
-                        blocking=True,
-                        return_response=True,
-                    )
-                except Exception as err:  # noqa: BLE001 - reported, not raised
-                    problems.append(f"{type(err).__name__}: {err}")
+                response, problems = await self._async_call()
                 elapsed = time.perf_counter() - started
                 if profiler is not None:
                     profiler.disable()
@@ -352,34 +339,53 @@ class FleetScenario:
         finally:
             if counter is not None:
                 counter.close()
-            for unsub in unsub_per_entity or ():
-                unsub()
         if profiler is not None and profile_path is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, write_profile, profiler, profile_path
             )
-        orders, acknowledged, status, checked = (
-            check_response(response, self.size)
-            if response is not None
-            else (0, 0, "?", [])
-        )
-        problems += checked
-        ack_rate = response.get("ack_rate") if isinstance(response, dict) else None
+        orders, acknowledged, status, checked = check_response(response, self.size)
         return DispatchRun(
             seconds=elapsed,
             orders=orders,
             acknowledged=acknowledged,
             status=status,
-            ack_rate=ack_rate,
+            ack_rate=response.get("ack_rate") if isinstance(response, dict) else None,
             max_block_ms=monitor.max_block_ms,
             max_gc_ms=monitor.max_gc_ms,
-            problems=problems,
-            state_writes=counter.writes if counter is not None else None,
-            entities_written=len(per_entity) if counter is not None else None,
-            max_writes_per_entity=max(per_entity.values(), default=0)
-            if counter is not None
-            else None,
+            problems=problems + checked,
+            state_writes=None if counter is None else counter.writes,
+            entities_written=None if counter is None else len(counter.per_entity),
+            max_writes_per_entity=None
+            if counter is None
+            else max(counter.per_entity.values(), default=0),
+            rewritten=None
+            if counter is None
+            else {
+                entity_id: count
+                for entity_id, count in counter.per_entity.most_common(5)
+                if count > 1
+            },
         )
+
+    async def _async_call(self) -> tuple[Any, list[str]]:
+        """The action call: (response, problems); HarnessError when it hangs."""
+        try:
+            async with asyncio.timeout(self.dispatch_limit_s):
+                response = await self.hass.services.async_call(
+                    DOMAIN,
+                    "dispatch",
+                    self.service_data(),
+                    blocking=True,
+                    return_response=True,
+                )
+        except TimeoutError as err:
+            raise HarnessError(
+                f"{self.mode} {self.size}: no dispatch response after"
+                f" {self.dispatch_limit_s:.0f} s"
+            ) from err
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            return None, [f"{type(err).__name__}: {err}"]
+        return response, []
 
     async def async_stop(self) -> None:
         """Remove the entry and stop the simulator."""

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 import contextlib
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def mosquitto_version() -> str:
 
 
 # --- helper processes ----------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class HelperProcess:
     """A helper process (responder, simulator) with its output in a log file.
 
@@ -155,8 +156,8 @@ class HelperProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
             env=env,
-            start_new_session=True,
         )
+        _LIVE_HELPERS.add(self)
         if self.ready_text is None:
             return
         deadline = time.monotonic() + self.ready_timeout
@@ -197,9 +198,21 @@ class HelperProcess:
                     process.kill()
                     process.wait(10)
         self._process = None
+        _LIVE_HELPERS.discard(self)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+# Helpers still running (stopped by `stop_all_helpers` if a run is interrupted).
+_LIVE_HELPERS: set[HelperProcess] = set()
+
+
+def stop_all_helpers() -> None:
+    """Stop every helper process this process started and did not stop yet."""
+    for helper in list(_LIVE_HELPERS):
+        with contextlib.suppress(Exception):
+            helper.stop()
 
 
 def responder_process(broker_port: int, log_dir: Path) -> HelperProcess:
@@ -302,18 +315,18 @@ class StateWriteCounter:
         """Attach to the bus of ``hass`` (detach with :meth:`close`)."""
         self.changed = 0
         self.reported = 0
-        self.entity_ids: set[str] = set()
+        self.per_entity: Counter[str] = Counter()
 
         @callback
         def _count_changed(data: Any) -> bool:
             self.changed += 1
-            self.entity_ids.add(data["entity_id"])
+            self.per_entity[data["entity_id"]] += 1
             return False
 
         @callback
         def _count_reported(data: Any) -> bool:
             self.reported += 1
-            self.entity_ids.add(data["entity_id"])
+            self.per_entity[data["entity_id"]] += 1
             return False
 
         @callback
@@ -333,7 +346,7 @@ class StateWriteCounter:
         """Start counting from zero."""
         self.changed = 0
         self.reported = 0
-        self.entity_ids = set()
+        self.per_entity = Counter()
 
     @property
     def writes(self) -> int:
@@ -361,8 +374,10 @@ class HassHarness:
     startup_s: float = 0.0
 
     def prepare(self) -> None:
-        """Write configuration.yaml and link our integration in."""
+        """Write configuration.yaml and link our integration in (a fresh start)."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        # Every run starts from nothing: no entries or fleets of an earlier run.
+        shutil.rmtree(self.config_dir / ".storage", ignore_errors=True)
         (self.config_dir / "configuration.yaml").write_text(
             BENCH_CONFIGURATION.format(http_port=free_port()), encoding="utf-8"
         )

@@ -23,10 +23,12 @@ import os
 from pathlib import Path
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from types import FrameType
 from typing import Any
 
 from .harness import (
@@ -38,6 +40,7 @@ from .harness import (
     new_broker,
     responder_process,
     run_in_hass_thread,
+    stop_all_helpers,
 )
 from .report import evaluate_targets, render_markdown
 
@@ -300,6 +303,7 @@ async def _measure_size(
     row["state_writes"] = writes.state_writes
     row["entities_written"] = writes.entities_written
     row["max_writes_per_entity"] = writes.max_writes_per_entity
+    row["rewritten_entities_sample"] = writes.rewritten
     if options.profile and size == max(options.sizes):
         path = options.out_dir / "profiles" / f"dispatch-{scenario.mode}-{size}.prof"
         await _settle(hass)
@@ -460,9 +464,22 @@ def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops the run like Ctrl-C: helpers and the broker are cleaned up."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; return the exit status."""
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _main(options)
+    finally:
+        stop_all_helpers()
+
+
+def _main(options: Options) -> int:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     log_dir = options.out_dir / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
