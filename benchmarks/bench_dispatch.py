@@ -67,6 +67,7 @@ class DispatchRun:
     ack_rate: float | None
     max_block_ms: float
     max_gc_ms: float = 0.0
+    gc_total_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
     state_writes: int | None = None
     entities_written: int | None = None
@@ -206,7 +207,9 @@ class FleetScenario:
             return 0
         return -(-self.size // self.gateway_size)
 
-    async def async_start(self, *, trace_memory: bool = False) -> None:
+    async def async_start(
+        self, *, trace_memory: bool = False, profile_path: Path | None = None
+    ) -> None:
         """Start the fleet, create the entry, discover every vehicle."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.simulator.start)
@@ -217,7 +220,16 @@ class FleetScenario:
                 {"name": f"bench {self.mode} {self.size}", "advanced_topics": {}},
                 options={"ack_timeout": BENCH_ACK_TIMEOUT_S},
             )
-            await self._async_discover(trace_memory=trace_memory)
+            profiler = cProfile.Profile() if profile_path is not None else None
+            if profiler is not None:
+                profiler.enable()
+            try:
+                await self._async_discover(trace_memory=trace_memory)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+            if profiler is not None and profile_path is not None:
+                await loop.run_in_executor(None, write_profile, profiler, profile_path)
         except BaseException:
             await self.async_stop()
             raise
@@ -352,6 +364,7 @@ class FleetScenario:
             ack_rate=response.get("ack_rate") if isinstance(response, dict) else None,
             max_block_ms=monitor.max_block_ms,
             max_gc_ms=monitor.max_gc_ms,
+            gc_total_ms=monitor.gc_total_ms,
             problems=problems + checked,
             state_writes=None if counter is None else counter.writes,
             entities_written=None if counter is None else len(counter.per_entity),

@@ -65,6 +65,7 @@ class FloorRun:
     seconds: float
     max_block_ms: float | None = None
     max_gc_ms: float | None = None
+    gc_total_ms: float | None = None
 
 
 class HaFloor:
@@ -139,7 +140,9 @@ class HaFloor:
                 await monitor.__aexit__(None, None, None)
         if monitor is None:
             return FloorRun(elapsed)
-        return FloorRun(elapsed, monitor.max_block_ms, monitor.max_gc_ms)
+        return FloorRun(
+            elapsed, monitor.max_block_ms, monitor.max_gc_ms, monitor.gc_total_ms
+        )
 
     def close(self) -> None:
         """Unsubscribe."""

@@ -243,16 +243,17 @@ class LoopBlockMonitor:
         self.gaps: list[float] = []
         self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds)
         self._gc_started = 0.0
+        self._last = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        self._last = loop.time()
         while True:
             await asyncio.sleep(self.interval)
             now = loop.time()
-            self.gaps.append(max(0.0, now - last - self.interval))
-            last = now
+            self.gaps.append(max(0.0, now - self._last - self.interval))
+            self._last = now
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -275,10 +276,14 @@ class LoopBlockMonitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop ticking."""
+        """Stop ticking (a block still running into the exit is counted too)."""
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
         if self._task is not None:
+            # The awaited work may end with a long synchronous step and resume the
+            # caller before the ticker's late wake-up runs: count that block here.
+            now = asyncio.get_running_loop().time()
+            self.gaps.append(max(0.0, now - self._last - self.interval))
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -293,6 +298,11 @@ class LoopBlockMonitor:
     def max_gc_ms(self) -> float:
         """The longest garbage collection meanwhile, in ms."""
         return max((pause for _gen, pause in self.gc_pauses), default=0.0) * 1000.0
+
+    @property
+    def gc_total_ms(self) -> float:
+        """Time spent in garbage collections meanwhile, in ms."""
+        return sum(pause for _gen, pause in self.gc_pauses) * 1000.0
 
     @property
     def full_collections(self) -> int:

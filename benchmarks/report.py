@@ -186,10 +186,53 @@ def _engine_lines(results: Mapping[str, Any]) -> list[str]:
         for row in engine:
             size, strategy, millis = engine_row_fields(row)
             target = f"< {ENGINE_MAX_MS:.0f}" if size == ENGINE_TARGET_SIZE else ""
-            rows.append([_num(size), strategy, _num(millis, 2), target])
-        lines += _table(["vehicles", "strategy", "median (ms)", "target (ms)"], rows)
+            rows.append(
+                [
+                    _num(size),
+                    strategy,
+                    _num(row.get("candidates")),
+                    _num(row.get("eligibility_ms"), 2),
+                    _num(row.get("allocation_ms"), 2),
+                    _num(millis, 2),
+                    target,
+                ]
+            )
+        lines += _table(
+            [
+                "vehicles",
+                "strategy",
+                "candidates",
+                "eligibility (ms)",
+                "allocation (ms)",
+                "total (ms)",
+                "target (ms)",
+            ],
+            rows,
+        )
     else:
         lines.append(f"Not measured: {results.get('engine_error', 'skipped')}")
+    return lines
+
+
+def _gc_lines(
+    per_vehicle: Sequence[Mapping[str, Any]], gateway: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    lines: list[str] = []
+    for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):
+        for row in rows:
+            if row.get("gc_total_ms") is None:
+                continue
+            floor_gc = row.get("floor_gc_total_ms")
+            lines.append(
+                f"- Garbage collection during a {mode} dispatch of"
+                f" {_num(row['vehicles'])}: {_num(row['gc_total_ms'], 0)} ms"
+                + (
+                    f" (its floor run: {_num(floor_gc, 0)} ms)"
+                    if floor_gc is not None
+                    else ""
+                )
+                + f"; {_num(row.get('gc_objects'))} objects tracked."
+            )
     return lines
 
 
@@ -218,6 +261,7 @@ def _loop_memory_lines(
             f"- HA floor alone ({_num(largest.get('vehicles'))} orders):"
             f" {_block(largest, 'floor_max_block_ms', 'floor_max_gc_ms')} ms."
         )
+    lines += _gc_lines(per_vehicle, gateway)
     if memory.get("vehicles"):
         lines.append(
             f"- Memory per 1,000 known vehicles (tracemalloc during discovery of"

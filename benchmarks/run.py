@@ -121,7 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="cProfile one extra dispatch at the largest size (out-dir/profiles)",
+        help="cProfile the discovery and one extra dispatch at the largest size"
+        " (out-dir/profiles)",
     )
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -208,6 +209,7 @@ def _summarise(row: dict[str, Any], runs: list[Any]) -> None:
     row["integration_s"] = median([run.seconds for run in runs])
     row["max_block_ms"] = max(run.max_block_ms for run in runs)
     row["max_gc_ms"] = max(run.max_gc_ms for run in runs)
+    row["gc_total_ms"] = median([run.gc_total_ms for run in runs])
     row["all_acknowledged"] = all(run.ok for run in runs)
     row["orders"] = max(run.orders for run in runs)
     row["problems"] = sorted({problem for run in runs for problem in run.problems})
@@ -266,8 +268,14 @@ async def _measure_size(
     """Discover, warm up, then alternate floor and integration runs."""
     hass = scenario.hass
     size = scenario.size
+    profile_dir = options.out_dir / "profiles"
+    profiled = options.profile and size == max(options.sizes)
     try:
-        await scenario.async_start()
+        await scenario.async_start(
+            profile_path=profile_dir / f"discovery-{scenario.mode}-{size}.prof"
+            if profiled
+            else None
+        )
     except Exception:
         # The integration could not run: still measure the floor of this size.
         floors.extend([await floor_run(size) for _ in range(options.repeat)])
@@ -304,8 +312,8 @@ async def _measure_size(
     row["entities_written"] = writes.entities_written
     row["max_writes_per_entity"] = writes.max_writes_per_entity
     row["rewritten_entities_sample"] = writes.rewritten
-    if options.profile and size == max(options.sizes):
-        path = options.out_dir / "profiles" / f"dispatch-{scenario.mode}-{size}.prof"
+    if profiled:
+        path = profile_dir / f"dispatch-{scenario.mode}-{size}.prof"
         await _settle(hass)
         await scenario.async_dispatch(profile_path=path)
         say(f"  profile written to {path} (.txt: top functions)")
@@ -326,6 +334,9 @@ def _finish_row(
         pauses = [f.max_gc_ms for f in floors if f.max_gc_ms is not None]
         if pauses:
             row["floor_max_gc_ms"] = max(pauses)
+        totals = [f.gc_total_ms for f in floors if f.gc_total_ms is not None]
+        if totals:
+            row["floor_gc_total_ms"] = median(totals)
     if runs:
         _summarise(row, runs)
         if row.get(floor_key):
