@@ -1,0 +1,142 @@
+"""Smoke run of the benchmark harness (the benchmarks themselves never run in CI).
+
+The harness boots its own Home Assistant, so it runs as a subprocess
+(``python -m benchmarks --quick``): the test plugin's hass, socket blocking and
+thread checks stay out of its way. Only the structure and the sign of the figures
+are checked, never their size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from benchmarks.report import engine_row_fields, evaluate_targets, render_markdown
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUICK_SIZE = 5
+
+
+def _positive(row: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = row.get(key)
+        assert isinstance(value, int | float), (key, row)
+        assert value > 0, (key, row)
+
+
+@pytest.mark.skipif(
+    shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+    reason="mosquitto is not installed (scripts/setup installs it)",
+)
+def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
+    """A tiny run of every section writes results.json and results.md."""
+    out_dir = tmp_path / "results"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out-dir", str(out_dir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = f"{completed.stdout[-6000:]}\n{completed.stderr[-6000:]}"
+    assert completed.returncode == 0, output
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+
+    assert results["section_errors"] == [], output
+    meta = results["meta"]
+    assert meta["quick"] is True
+    assert meta["repeat"] == 1
+    assert meta["sizes"] == [QUICK_SIZE]
+    _positive(meta, "duration_s", "hass_startup_s")
+
+    (per_vehicle,) = results["per_vehicle"]
+    assert per_vehicle["vehicles"] == QUICK_SIZE
+    assert per_vehicle["all_acknowledged"] is True, per_vehicle
+    _positive(per_vehicle, "integration_s", "ha_floor_s", "ratio", "entities")
+    assert per_vehicle["orders"] == QUICK_SIZE
+    assert per_vehicle["max_block_ms"] >= 0
+    assert per_vehicle["state_writes"] >= 0
+    assert per_vehicle["max_writes_per_entity"] >= 0
+
+    (gateway,) = results["gateway"]
+    assert gateway["vehicles"] == QUICK_SIZE
+    assert gateway["gateways"] == 1
+    assert gateway["all_acknowledged"] is True, gateway
+    _positive(gateway, "integration_s", "paho_s", "ratio", "entities")
+
+    engine = results["engine"]
+    assert engine, results.get("engine_error")
+    for row in engine:
+        size, _strategy, millis = engine_row_fields(row)
+        assert size is not None, row
+        assert millis is not None, row
+        assert millis > 0, row
+
+    _positive(results["memory"], "vehicles", "peak_bytes", "peak_per_1000_mib")
+
+    names = [item["target"] for item in results["targets"]]
+    assert any("HA floor" in name for name in names)
+    assert any("bare paho" in name for name in names)
+    assert any("loop block" in name for name in names)
+    assert any("engine" in name for name in names)
+    assert any("coalesced" in name for name in names)
+
+    for heading in (
+        "## 1. Per-vehicle mode",
+        "## 2. Gateway mode",
+        "## 3. Engine only",
+        "## 4. Event loop, memory, state writes",
+        "## Targets",
+    ):
+        assert heading in markdown
+    assert f"| {QUICK_SIZE} |" in markdown
+
+
+def test_targets_and_markdown_from_synthetic_results() -> None:
+    """Target evaluation and rendering work on hand-made results (no run)."""
+    row = {
+        "vehicles": 10_000,
+        "integration_s": 1.5,
+        "ratio": 1.1,
+        "max_block_ms": 150.0,
+        "all_acknowledged": True,
+        "max_writes_per_entity": 2,
+        "state_writes": 30,
+    }
+    results = {
+        "meta": {"repeat": 3, "warmup": 1},
+        "per_vehicle": [{**row, "ha_floor_s": 1.36}],
+        "gateway": [{**row, "gateways": 20, "paho_s": 2.0, "ratio": 0.75}],
+        "engine": [{"vehicles": 10_000, "strategy": "smart", "median_ms": 12.0}],
+        "memory": None,
+        "problems": [],
+    }
+    targets = {item["target"]: item for item in evaluate_targets(results)}
+    assert targets["per-vehicle ≤ 1.2 × HA floor at 10,000 vehicles"]["met"] is True
+    assert targets["per-vehicle ≤ 1.2 × HA floor at 1,000 vehicles"]["met"] is None
+    assert targets["gateway ≤ 1.0 × bare paho at 10,000 vehicles"]["met"] is True
+    assert targets["gateway ≤ 1.0 s at 10,000 vehicles"]["met"] is False
+    assert (
+        targets[
+            "longest loop block ≤ 100 ms during a 10,000-vehicle per-vehicle dispatch"
+        ]["met"]
+        is False
+    )
+    assert targets["engine < 50 ms at 10,000 vehicles (smart)"]["met"] is True
+    coalesced = next(item for name, item in targets.items() if "coalesced" in name)
+    assert coalesced["met"] is False
+    markdown = render_markdown({**results, "targets": list(targets.values())})
+    assert "| 10,000 | 1.500 | 1.360 | 1.10 |" in markdown
+    assert "**missed**" in markdown
