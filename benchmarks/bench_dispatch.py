@@ -199,6 +199,7 @@ class FleetScenario:
         self.entities = 0
         self.memory_peak_bytes: int | None = None
         self.memory_retained_bytes: int | None = None
+        self.memory_top: list[dict[str, Any]] = []
 
     @property
     def gateways(self) -> int:
@@ -267,9 +268,9 @@ class FleetScenario:
                         if known >= self.size:
                             break
                         await asyncio.sleep(0.05)
-                await hass.async_block_till_done()
-                self.entities = await self._async_settle_entities()
-                self.discovery_s = time.perf_counter() - started
+                known_at = time.perf_counter()
+                self.entities, settled_at = await self._async_settle_entities()
+                self.discovery_s = max(known_at, settled_at) - started
             self.gc_objects = len(gc.get_objects())
             self.discovery_max_block_ms = monitor.max_block_ms
             self.discovery_max_gc_ms = monitor.max_gc_ms
@@ -279,6 +280,7 @@ class FleetScenario:
                 current, peak = tracemalloc.get_traced_memory()
                 self.memory_peak_bytes = peak - baseline
                 self.memory_retained_bytes = current - baseline
+                self.memory_top = _top_allocations(tracemalloc.take_snapshot())
         except TimeoutError as err:
             raise HarnessError(
                 f"{self.mode} {self.size}: {_known_vehicles(entry)} vehicles known"
@@ -288,20 +290,28 @@ class FleetScenario:
             if trace_memory:
                 tracemalloc.stop()
 
-    async def _async_settle_entities(self, quiet_s: float = 0.5) -> int:
-        """Wait until the entry's entity count stops growing; return it."""
+    async def _async_settle_entities(self) -> tuple[int, float]:
+        """Wait until the entry's entity count stops growing.
+
+        Returns the count and when (``perf_counter``) it last changed. The quiet
+        period grows with the fleet: adding tens of thousands of entities keeps
+        the loop busy for seconds between two increments.
+        """
         entry = self._require_entry()
-        registry = er.async_get(self.hass)
+        hass = self.hass
+        registry = er.async_get(hass)
+        quiet_s = 1.0 + self.size / 5000.0
         last = -1
-        stable_since = time.monotonic()
+        changed_at = time.perf_counter()
         while True:
+            await hass.async_block_till_done()
             count = len(er.async_entries_for_config_entry(registry, entry.entry_id))
-            now = time.monotonic()
+            now = time.perf_counter()
             if count != last:
                 last = count
-                stable_since = now
-            elif now - stable_since >= quiet_s:
-                return count
+                changed_at = now
+            elif now - changed_at >= quiet_s:
+                return count, changed_at
             await asyncio.sleep(0.1)
 
     @property
@@ -413,6 +423,21 @@ class FleetScenario:
         if self.entry is None:
             raise HarnessError("scenario not started")
         return self.entry
+
+
+def _top_allocations(
+    snapshot: tracemalloc.Snapshot, limit: int = 12
+) -> list[dict[str, Any]]:
+    """Where the retained memory was allocated (by source file)."""
+    rows = []
+    for stat in snapshot.statistics("filename")[:limit]:
+        filename = stat.traceback[0].filename
+        for marker in ("site-packages/", "custom_components/", "lib/python3"):
+            if marker in filename:
+                filename = filename[filename.index(marker) :]
+                break
+        rows.append({"file": filename, "mib": round(stat.size / 2**20, 2)})
+    return rows
 
 
 def write_profile(profiler: cProfile.Profile, path: Path) -> None:

@@ -40,6 +40,7 @@ from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry, ConfigEntryState
 from homeassistant.const import EVENT_STATE_CHANGED, EVENT_STATE_REPORTED
 from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -483,10 +484,29 @@ class HassHarness:
         return entry
 
     async def remove_entry(self, entry_id: str) -> None:
-        """Remove an entry (and its devices, entities and stored data)."""
+        """Remove an entry (and its devices, entities and stored data).
+
+        Home Assistant keeps removed entities and devices in its registries (to
+        restore their settings if they come back); they are purged too, so that a
+        scenario does not inherit the objects of the previous one (their garbage
+        collection would slow every later measurement down).
+        """
         hass = self.require()
+        domain = (
+            entry.domain
+            if (entry := hass.config_entries.async_get_entry(entry_id))
+            else None
+        )
         await hass.config_entries.async_remove(entry_id)
         await hass.async_block_till_done()
+        entities = er.async_get(hass)
+        for key in [key for key in entities.deleted_entities if key[1] == domain]:
+            del entities.deleted_entities[key]
+        devices = dr.async_get(hass)
+        for device in list(devices.deleted_devices.values()):
+            if not device.config_entries:
+                del devices.deleted_devices[device.id]
+        gc.collect()
 
     async def stop(self) -> None:
         """Stop Home Assistant."""

@@ -269,6 +269,15 @@ def _loop_memory_lines(
             f" peak {_num(memory.get('peak_per_1000_mib'), 2)} MiB, retained"
             f" {_num(memory.get('retained_per_1000_mib'), 2)} MiB."
         )
+        top = memory.get("top_allocations") or []
+        if top:
+            lines.append(
+                "  Retained by source file: "
+                + ", ".join(
+                    f"{item['file']} {item['mib']:,.1f} MiB" for item in top[:8]
+                )
+                + "."
+            )
     elif memory.get("error"):
         lines.append(f"- Memory: not measured ({memory['error']}).")
     for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):

@@ -368,6 +368,7 @@ async def run_memory(
             peak_per_1000_mib=peak / (size / 1000) / 2**20,
             retained_per_1000_mib=retained / (size / 1000) / 2**20,
             entities=scenario.entities,
+            top_allocations=scenario.memory_top,
         )
     except Exception as err:  # noqa: BLE001 - reported in the results
         traceback.print_exc()
