@@ -47,11 +47,18 @@ def vehicle_payload(vehicle_id: str, **fields: Any) -> str:
 
 
 async def flush_subscriptions(hass: HomeAssistant) -> None:
-    """Let the MQTT client's subscribe debouncer run (confirms subscriptions)."""
-    for _ in range(3):
+    """Let the MQTT client's subscribe debouncer run (confirms subscriptions).
+
+    The client's job needs a little real loop time; under a frozen clock (the
+    loop does not advance) timers due "now" run without it.
+    """
+    for _ in range(5):
         async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
         await hass.async_block_till_done()
-        await asyncio.sleep(0.001)
+        before = hass.loop.time()
+        await asyncio.sleep(0)
+        if hass.loop.time() != before:
+            await asyncio.sleep(0.002)
 
 
 async def async_setup_fleet(

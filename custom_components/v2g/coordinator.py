@@ -737,11 +737,14 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _flexibility(
         self, vehicles: Sequence[Vehicle], direction: float, now: datetime
     ) -> float:
-        """Power the live fleet could sustain for 15 min in one direction (kW)."""
+        """Power the live fleet could sustain for 15 min in one direction (kW).
+
+        Only the safety rules apply (aFRR has no signal-type rule of its own).
+        """
         if not vehicles:
             return 0.0
         probe = FlexibilitySignal(
-            signal_type=SignalType.FCR,
+            signal_type=SignalType.AFRR,
             power_kw=direction,
             duration_s=FLEXIBILITY_PROBE_S,
             start=now,
