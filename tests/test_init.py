@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+import re
 from typing import Any
 from unittest.mock import Mock, patch
 
@@ -16,8 +19,14 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_mqtt_message,
 )
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+import yaml
 
-from custom_components.v2g import async_remove_config_entry_device
+from custom_components.v2g import (
+    async_remove_config_entry_device,
+    binary_sensor,
+    event,
+    sensor,
+)
 from custom_components.v2g.const import CONF_TELEMETRY_MODE, DOMAIN
 
 from .helpers import async_announce, async_setup_fleet
@@ -164,3 +173,46 @@ async def test_remove_foreign_device_refused(
     entry = await async_setup_fleet(hass)
     device = Mock(identifiers={("other", "x"), (DOMAIN, "unrelated")})
     assert not await async_remove_config_entry_device(hass, entry, device)
+
+
+def test_strings_cover_every_key() -> None:
+    """Every translation key the HA layer uses has an English string."""
+    root = Path(__file__).parent.parent / "custom_components" / "v2g"
+    strings = json.loads((root / "translations" / "en.json").read_text())
+    sources = "".join(
+        (root / name).read_text()
+        for name in ("__init__.py", "coordinator.py", "services.py")
+    )
+    for key in set(re.findall(r'translation_key="([a-z_]+)"', sources)):
+        assert key in strings["exceptions"] or key in strings["issues"], key
+    entity = strings["entity"]
+    for platform, descriptions in (
+        ("sensor", [*sensor.FLEET_SENSORS, *sensor.VEHICLE_SENSORS]),
+        (
+            "binary_sensor",
+            [
+                *binary_sensor.FLEET_BINARY_SENSORS,
+                *binary_sensor.VEHICLE_BINARY_SENSORS,
+            ],
+        ),
+        ("event", [event.DISPATCH_OUTCOME]),
+    ):
+        for description in descriptions:
+            assert description.translation_key in entity[platform], description.key
+    for state in sensor.DISPATCH_STATUSES:
+        assert state in entity["sensor"]["last_dispatch_status"]["state"]
+    for event_type in event.DISPATCH_OUTCOME.event_types or []:
+        assert (
+            event_type
+            in (
+                entity["event"]["dispatch_outcome"]["state_attributes"]["event_type"][
+                    "state"
+                ]
+            )
+        )
+    services = yaml.safe_load((root / "services.yaml").read_text())
+    icons = json.loads((root / "icons.json").read_text())
+    for service, spec in services.items():
+        assert service in icons["services"]
+        fields = strings["services"][service]["fields"]
+        assert set(spec["fields"]) == set(fields), service

@@ -7,6 +7,7 @@ from unittest.mock import patch
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers.entity import Entity
 import pytest
 from pytest_homeassistant_custom_component.common import snapshot_platform
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -77,3 +78,38 @@ async def test_sensor_values_after_dispatch(
     assert float(hass.states.get("sensor.depot_ack_latency_p95").state) >= 0
     assert float(hass.states.get("sensor.v1_last_ack_latency").state) >= 0
     assert hass.states.get("sensor.v2_last_ack_latency").state == "unknown"
+
+
+async def test_state_writes_are_bounded(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    await async_setup_fleet(hass, options={CONF_ACK_TIMEOUT: 0.05})
+    await async_announce(hass, *[(f"v{i}", {}) for i in range(1, 11)])
+    FleetResponder(hass, fleet_mqtt)
+    written: list[str] = []
+    original = Entity.async_write_ha_state
+
+    def spy(self: Entity) -> None:
+        written.append(self.entity_id)
+        original(self)
+
+    with patch.object(Entity, "async_write_ha_state", spy):
+        await hass.services.async_call(
+            DOMAIN,
+            "dispatch",
+            {
+                "config_entry_id": ENTRY_ID,
+                "signal_type": "aFRR",
+                "power_kw": 4,
+                "vehicles": ["v1"],
+            },
+            blocking=True,
+        )
+    # Each entity at most once (the event entity: its event, then its state);
+    # the vehicles that got no order not at all.
+    states = [e for e in written if not e.startswith("event.")]
+    assert len(states) == len(set(states))
+    assert written.count("event.v1_dispatch_outcome") <= 2
+    assert not [e for e in written if e.startswith(("sensor.v2_", "event.v2_"))]
+    assert "event.v1_dispatch_outcome" in written
+    assert "sensor.v1_setpoint" in written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity, EntityDescription
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
@@ -90,6 +91,21 @@ class V2GVehicleEntity(CoordinatorEntity[V2GFleetCoordinator]):
         self._attr_device_info = vehicle_device_info(
             coordinator, coordinator.data.vehicles[vehicle_id]
         )
+        # What the state written when the entity is added reflects.
+        self._written = (coordinator.data.connected, self.vehicle)
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        """Write the state only when this vehicle (or the connection) changed.
+
+        A dispatch to a few vehicles of a large fleet then costs a few state
+        writes, not one per entity of the fleet.
+        """
+        current = (self.coordinator.data.connected, self.vehicle)
+        if current == self._written:
+            return
+        self._written = current
+        super()._handle_coordinator_update()
 
     @property
     def vehicle(self) -> VehicleSnapshot | None:
