@@ -216,3 +216,15 @@ def test_strings_cover_every_key() -> None:
         assert service in icons["services"]
         fields = strings["services"][service]["fields"]
         assert set(spec["fields"]) == set(fields), service
+
+
+def test_service_selectors_use_existing_translations() -> None:
+    root = Path(__file__).parent.parent / "custom_components" / "v2g"
+    strings = json.loads((root / "translations" / "en.json").read_text())
+    services = yaml.safe_load((root / "services.yaml").read_text())
+    for spec in services.values():
+        for field in spec["fields"].values():
+            select = (field.get("selector") or {}).get("select")
+            if select and "translation_key" in select:
+                options = strings["selector"][select["translation_key"]]["options"]
+                assert set(select["options"]) <= set(options)
