@@ -635,3 +635,21 @@ async def test_second_entry_is_independent(
     assert await hass.config_entries.async_setup(other.entry_id)
     await hass.async_block_till_done()
     assert other.runtime_data.ack_topic.wildcard == "other/+/ack"
+
+
+async def test_interrupted_on_unload_is_counted_after_restart(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    entry = await async_setup_fleet(hass)
+    await async_announce(hass, ("v1", {}))
+    FleetResponder(hass, fleet_mqtt, default="ignore")
+    task = hass.async_create_task(
+        entry.runtime_data.async_dispatch("FCR", 5.0, 900.0), eager_start=True
+    )
+    await asyncio.sleep(0.05)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    with pytest.raises(HomeAssistantError):
+        await task
+    await async_setup_fleet(hass, entry=entry)
+    assert hass.states.get("sensor.depot_dispatches").state == "1"
+    assert hass.states.get("sensor.depot_last_dispatch_status").state == "interrupted"

@@ -1281,6 +1281,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         ]
         self.metrics.record(response, outcomes)
         self.dispatch_log.append(response)
+        self._schedule_save()  # the metric totals live in the fleet store
         if fire:
             self.hass.bus.async_fire(
                 EVENT_DISPATCH_COMPLETED,
