@@ -256,7 +256,7 @@ async def test_publish_failure_after_retries() -> None:
     assert outcome.status is OrderStatus.PUBLISH_FAILED
     assert outcome.reason == "ConnectionError: publish failed"
     assert result.status is DispatchStatus.FAILED
-    assert result.ack_rate == 0.0
+    assert result.ack_rate is None  # nothing was published (DESIGN §4)
     assert harness.fleet.stats["v1"].publish_failed == 1
     assert harness.fleet.reliability("v1") == 1.0  # not the vehicle's fault
 

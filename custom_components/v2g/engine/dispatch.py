@@ -340,7 +340,7 @@ class _InFlight:
 def _summarise(
     initial: Iterable[OrderOutcome], fallback: Iterable[OrderOutcome]
 ) -> tuple[float, float, int, int]:
-    """Return (assigned kW, acknowledged kW, orders sent, orders acknowledged)."""
+    """Return (assigned kW, acknowledged kW, orders published, orders acknowledged)."""
     initial = list(initial)
     fallback = list(fallback)
     final: dict[str, float] = {}
@@ -350,10 +350,13 @@ def _summarise(
         if outcome.status is OrderStatus.ACKNOWLEDGED:
             acked += 1
             final[outcome.vehicle_id] = outcome.delivered_kw
+        # DESIGN §4: ack_rate = acknowledged / *published* orders, so an order
+        # that never left (publish_failed) does not count as sent.
         if outcome.status not in (
             OrderStatus.SUPERSEDED,
             OrderStatus.PLANNED,
             OrderStatus.PENDING,
+            OrderStatus.PUBLISH_FAILED,
         ):
             sent += 1
     assigned = math.fsum(o.power_kw for o in initial)
