@@ -70,6 +70,7 @@ class DispatchRun:
     gc_total_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
     state_writes: int | None = None
+    state_writes_in_call: int | None = None
     entities_written: int | None = None
     max_writes_per_entity: int | None = None
     rewritten: dict[str, int] | None = None
@@ -354,6 +355,7 @@ class FleetScenario:
                 elapsed = time.perf_counter() - started
                 if profiler is not None:
                     profiler.disable()
+                writes_in_call = None if counter is None else counter.writes
                 if counter is not None:
                     await hass.async_block_till_done()
                     await asyncio.sleep(settle_s)
@@ -377,6 +379,7 @@ class FleetScenario:
             gc_total_ms=monitor.gc_total_ms,
             problems=problems + checked,
             state_writes=None if counter is None else counter.writes,
+            state_writes_in_call=writes_in_call,
             entities_written=None if counter is None else len(counter.per_entity),
             max_writes_per_entity=None
             if counter is None
