@@ -66,6 +66,7 @@ class FloorRun:
     max_block_ms: float | None = None
     max_gc_ms: float | None = None
     gc_total_ms: float | None = None
+    background_writes: int = 0
 
 
 class HaFloor:

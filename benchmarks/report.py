@@ -286,8 +286,8 @@ def _loop_memory_lines(
                 lines.append(
                     f"- Entity state writes per {mode} dispatch of"
                     f" {_num(row['vehicles'])}: {_num(row['state_writes'])} writes"
-                    f" ({_num(row.get('state_writes_in_call'))} before the response,"
-                    " the rest in the next second) of"
+                    f" ({_num(row.get('state_writes_in_call'))} of them before the"
+                    " response) of"
                     f" {_num(row.get('entities_written'))} entities (max"
                     f" {_num(row.get('max_writes_per_entity'))} per entity;"
                     f" {_num(row.get('entities'))} entities in the entry)."
