@@ -198,3 +198,34 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_gateway_mode_batches_orders_and_acks(
+    hass: HomeAssistant,
+    make_fleet: Callable[..., FleetSimulator],
+    make_v2g_entry: Callable[..., Any],
+) -> None:
+    """Vehicles behind depot gateways get one batch per gateway and answer in batches."""
+    depot = make_fleet(count=6, connection="shared", gateway_size=3, id_prefix="bus")
+    loose = make_fleet(count=2, connection="shared", id_prefix="car")
+    entry = await make_v2g_entry()
+    vehicles = await discover(hass, entry.entry_id)
+    gateways = {v["vehicle_id"]: v.get("gateway") for v in vehicles}
+    assert {gateways[vid] for vid in depot.vehicle_ids} == set(depot.gateway_ids)
+    assert all(gateways[vid] is None for vid in loose.vehicle_ids)
+
+    response = await dispatch(hass, entry.entry_id, signal_type="aFRR", power_kw=40)
+
+    assert response["status"] == "completed"
+    assert set(response["vehicles"]) == {*depot.vehicle_ids, *loose.vehicle_ids}
+    assert response["ack_rate"] == 1.0
+    stats = depot.stats()
+    # One commands message per gateway, all orders acknowledged through batches.
+    assert stats["gateway_batches"] == len(depot.gateway_ids) == 2
+    assert stats["orders_acked"] == 6
+    assert stats["gateway_ack_messages"] >= 2
+    assert loose.stats()["orders_acked"] == 2
+    for vehicle_id in depot.vehicle_ids:
+        assert depot.vehicle(vehicle_id)["power_kw"] == pytest.approx(
+            response["vehicles"][vehicle_id]["power_kw"]
+        )
