@@ -22,7 +22,8 @@ import subprocess
 import sys
 from typing import Any
 
-from devtools.hass_instance import REPO_ROOT, HassInstance, port_open
+from devtools.hass_instance import REPO_ROOT, HassInstance
+from devtools.net import port_open
 
 DASHBOARD_PATH = "ev-participation"
 

@@ -15,30 +15,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from typing import Self
 
+from devtools.net import free_port, port_open
+
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    """True if something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class BrokerError(RuntimeError):
@@ -137,7 +122,7 @@ class MosquittoBroker:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
+        while not port_open(self.port, self.host, timeout=0.2):
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from devtools.demo import DemoStack
-from devtools.hass_instance import REPO_ROOT, free_port
+from devtools.hass_instance import REPO_ROOT
+from devtools.net import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
