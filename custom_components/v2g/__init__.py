@@ -19,8 +19,10 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN, LOGGER
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
+from .history import async_setup_history_prediction
 from .services import async_setup_services
 from .storage import DispatchLogStore, FleetStore, InFlightStore
+from .webhook import async_setup_webhook
 
 __all__ = ["V2GConfigEntry"]
 
@@ -93,6 +95,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
         ) from err
     # The coordinator shuts down (subscriptions, timers, stores) on unload.
     entry.runtime_data = coordinator
+    # Both undo themselves on unload (entry.async_on_unload).
+    async_setup_webhook(hass, entry)
+    async_setup_history_prediction(hass, entry)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 

@@ -90,6 +90,7 @@ from .const import (
     LOGGER,
     MAX_GATEWAY_PAYLOAD_BYTES,
     MAX_VEHICLE_PAYLOAD_BYTES,
+    PREDICTION_HISTORY,
     PREDICTION_STATIC,
     SUBENTRY_TYPE_VEHICLE,
     TELEMETRY_POLL_PAYLOAD,
@@ -122,6 +123,7 @@ from .engine import (
     parse_hourly_profile,
     plan_day_ahead,
 )
+from .history import HistoryPrediction
 from .storage import DispatchLogStore, FleetStore, InFlightStore, interrupted_entry
 from .transport import (
     MqttOrderTransport,
@@ -493,18 +495,24 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
 
     def _build_prediction(self) -> PredictionEngine | None:
         mode = self.options.get(CONF_PREDICTION)
-        if mode != PREDICTION_STATIC:
-            # "history" is learned from the recorder by the history module; until
-            # it provides a profile the dispatcher runs without prediction.
+        if mode not in (PREDICTION_STATIC, PREDICTION_HISTORY):
             return None
+        static: StaticProfile | None = None
         try:
             hourly = parse_hourly_profile(str(self.options[CONF_PREDICTION_PROFILE]))
         except InvalidValueError as err:
             LOGGER.warning("Ignoring the availability profile: %s", err)
-            return None
-        return StaticProfile(
-            hourly, tz=dt_util.get_default_time_zone(), fleet=self.fleet
-        )
+        else:
+            static = StaticProfile(
+                hourly, tz=dt_util.get_default_time_zone(), fleet=self.fleet
+            )
+        if mode == PREDICTION_HISTORY:
+            # Learnt from the recorder by history.py (refreshed in place in the
+            # background); the static profile answers until then.
+            return HistoryPrediction(
+                static, tz=dt_util.get_default_time_zone(), fleet=lambda: self.fleet
+            )
+        return static
 
     # --- setup and teardown --------------------------------------------------------
 
