@@ -633,6 +633,14 @@ async def test_options_webhook_id_generated_once(
     assert entry.options[CONF_WEBHOOK_ID] == webhook_id
     assert entry.options["ack_rate_sla"] == 80.0
 
+    # The form tells the user where to POST signals.
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    placeholders = result["description_placeholders"]
+    assert placeholders == {"webhook_url": f"/api/webhook/{webhook_id}"}
+    await save(webhook_enabled=False)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert webhook_id not in result["description_placeholders"]["webhook_url"]
+
 
 async def test_options_fill_missing_keys(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock

@@ -571,12 +571,19 @@ class V2GOptionsFlow(OptionsFlowWithReload):
                     options[CONF_WEBHOOK_ID] = webhook_id
                 return self.async_create_entry(data=options)
         current = default_options() | dict(self.config_entry.options)
+        webhook_id = current.get(CONF_WEBHOOK_ID)
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
                 _options_schema(current), user_input
             ),
             errors=errors,
+            # Where to POST signals: the id is generated when the webhook is enabled.
+            description_placeholders={
+                "webhook_url": webhook.async_generate_path(webhook_id)
+                if current[CONF_WEBHOOK_ENABLED] and webhook_id
+                else "(enable the signal webhook and save to get one)"
+            },
         )
 
 
