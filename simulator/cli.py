@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     acks.add_argument("--drop-rate", type=float, default=0.0, help="0..1, no ack")
     acks.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        help="seconds the vehicles' clock is ahead (< 0: behind); orders look older",
+    )
+    acks.add_argument(
         "--reject-rate", type=float, default=0.0, help="0..1, refused (reason refused)"
     )
     _flag(acks, "--ack-all", "ack every order as Go did, even refused ones")
@@ -249,6 +255,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         battery_profile=args.battery_profile,
         ack_latency=args.ack_latency,
         ack_jitter=args.ack_jitter,
+        clock_offset=args.clock_offset,
         drop_rate=args.drop_rate,
         reject_rate=args.reject_rate,
         ack_all=args.ack_all,

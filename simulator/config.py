@@ -109,6 +109,9 @@ class SimulatorConfig:
 
     ack_latency: float = 0.0
     ack_jitter: float = 0.0
+    # Seconds the vehicles' wall clock is ahead (< 0: behind) of the real one: an
+    # order then looks older to them (expiry), and so do their telemetry times.
+    clock_offset: float = 0.0
     drop_rate: float = 0.0
     reject_rate: float = 0.0
     ack_all: bool = False
@@ -200,6 +203,8 @@ class SimulatorConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if not math.isfinite(self.clock_offset):
+            raise ConfigError("clock_offset must be a finite number of seconds")
 
     def _check_gateways(self) -> None:
         if self.gateways < 0 or self.gateway_size < 0:

@@ -621,7 +621,10 @@ class FleetSimulator:
         cfg = self.config
         counters = self._counters
         reason: str | None
-        if order.expires_at_ms is not None and time.time() * 1000 > order.expires_at_ms:
+        if (
+            order.expires_at_ms is not None
+            and self._wall() * 1000 > order.expires_at_ms
+        ):
             counters["orders_expired"] += 1
             reason = EXPIRED
         elif cfg.reject_rate and self._rng.random() < cfg.reject_rate:
@@ -747,6 +750,10 @@ class FleetSimulator:
         assert self._loop is not None
         return self._loop.time()
 
+    def _wall(self) -> float:
+        """The vehicles' wall clock (unix seconds), `clock_offset` included."""
+        return time.time() + self.config.clock_offset
+
     def _publish(self, endpoint: Endpoint, topic: str, payload: bytes) -> bool:
         if endpoint.publish(topic, payload):
             return True
@@ -762,7 +769,7 @@ class FleetSimulator:
             soc=vehicle.battery.soc,
             available=vehicle.available,
             power_kw=vehicle.power_kw,
-            ts=time.time(),
+            ts=self._wall(),
         )
         if self._publish(
             endpoint, template.format(vehicle.vehicle_id), codec.encode(obj)
@@ -800,7 +807,7 @@ class FleetSimulator:
             self._last_telemetry = now
             for vehicle in self._vehicles.values():
                 vehicle.advance(now)
-        wall = time.time()
+        wall = self._wall()
         for vehicle in self._vehicles.values():
             departure = vehicle.departure
             if (
