@@ -949,6 +949,9 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         if connected:
             LOGGER.info("MQTT broker connected again; the fleet is available")
         else:
+            # No order may leave after the reconnect before the broker confirmed
+            # the ack subscriptions again (DESIGN §3): acks would be lost.
+            self.gate.async_reset()
             LOGGER.info("MQTT broker disconnected; the fleet entities are unavailable")
         self.async_set_updated_data(replace(self.data, connected=connected))
 

@@ -150,13 +150,19 @@ class SubscriptionGate:
 
     def __init__(self) -> None:
         """Create an open-pending gate."""
+        self._watched: set[str] = set()
         self._pending: set[str] = set()
         self._event = asyncio.Event()
         self._unsubs: list[CALLBACK_TYPE] = []
 
     @callback
     def async_watch(self, hass: HomeAssistant, topic: str, qos: int) -> None:
-        """Wait for the confirmation of ``topic`` (subscribed with ``qos``)."""
+        """Wait for the confirmation of ``topic`` (subscribed with ``qos``).
+
+        The watch lasts until `async_close`: a resubscription after a reconnect
+        confirms the topic again.
+        """
+        self._watched.add(topic)
         self._pending.add(topic)
         self._event.clear()
 
@@ -167,6 +173,18 @@ class SubscriptionGate:
                 self._event.set()
 
         self._unsubs.append(mqtt.async_on_subscribe_done(hass, topic, qos, _done))
+
+    @callback
+    def async_reset(self) -> None:
+        """Close the gate until every watched topic is confirmed again.
+
+        Called when the broker connection is lost: the broker may have forgotten
+        the subscriptions (clean session, restart), and the MQTT client reports
+        the new connection before it has resubscribed.
+        """
+        if self._watched:
+            self._pending = set(self._watched)
+            self._event.clear()
 
     @property
     def is_set(self) -> bool:
