@@ -106,6 +106,13 @@ class HassInstance:
         """Base URL of the instance."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running hass, or None."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
+
     # --- config folder --------------------------------------------------------
     def prepare(self, extra_yaml: str = "") -> None:
         """Write the config folder: configuration, owner, onboarding, integration."""
@@ -302,6 +309,30 @@ class HassInstance:
         if result.get("type") != "create_entry":
             raise HassError(f"v2g config flow did not create an entry: {result}")
         return dict(result["result"])
+
+    async def set_options(self, entry_id: str, **values: Any) -> dict[str, Any]:
+        """Run an entry's options flow, changing only ``values`` (sections too)."""
+        flow = await self.rest(
+            "POST", "/api/config/config_entries/options/flow", {"handler": entry_id}
+        )
+        if flow.get("type") != "form":
+            raise HassError(f"options flow of {entry_id} did not show a form: {flow}")
+        answers = form_defaults(flow.get("data_schema", []))
+        left = dict(values)
+        for group in (answers, *(v for v in answers.values() if isinstance(v, dict))):
+            for key in list(left):
+                if key in group:
+                    group[key] = left.pop(key)
+        if left:
+            raise HassError(f"unknown options: {sorted(left)}")
+        result = await self.rest(
+            "POST",
+            f"/api/config/config_entries/options/flow/{flow['flow_id']}",
+            answers,
+        )
+        if result.get("type") != "create_entry":
+            raise HassError(f"options flow of {entry_id} failed: {result}")
+        return dict(result)
 
     async def states(self) -> dict[str, dict[str, Any]]:
         """All states by entity id."""

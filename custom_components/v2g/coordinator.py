@@ -119,7 +119,6 @@ from .engine import (
     decode_telemetry,
     decode_vehicle,
     evaluate_eligibility,
-    interrupted_response,
     parse_hourly_profile,
     plan_day_ahead,
 )
@@ -622,11 +621,11 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         if isinstance(self.prediction, StaticProfile):
             self.prediction.fleet = fleet
 
-    @staticmethod
-    def _interrupted(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    def _interrupted(self, record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+        """The `interrupted` response of a record (the fleet keeps the answers)."""
         completed = _parse_time(record.get("updated_at")) or now
         try:
-            return interrupted_response(record, completed)
+            return self.engine.record_interrupted(record, completed)
         except (EngineError, KeyError, TypeError, ValueError):
             return interrupted_entry(record, completed)
 

@@ -383,6 +383,9 @@ def _status(
     return DispatchStatus.PARTIAL
 
 
+_ANSWERED_STATUSES = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED})
+
+
 def _closed_status(value: str) -> OrderStatus:
     # No ack was seen for an order still waiting when the dispatch stopped.
     status = OrderStatus(value)
@@ -398,6 +401,13 @@ def interrupted_response(
     been stored and reloaded as JSON). Orders still pending are reported as
     `timeout`: no ack was seen for them.
     """
+    return interrupted_result(record, completed_at).as_response()
+
+
+def interrupted_result(
+    record: Mapping[str, Any], completed_at: datetime
+) -> DispatchResult:
+    """The `interrupted` result of an in-flight record (see `interrupted_response`)."""
     signal_data = record["signal"]
     signal = FlexibilitySignal(
         signal_type=SignalType.parse(signal_data["type"]),
@@ -445,7 +455,7 @@ def interrupted_response(
         },
         started_at=datetime.fromisoformat(record["started_at"]),
         completed_at=completed_at,
-    ).as_response()
+    )
 
 
 class DispatchEngine:
@@ -556,6 +566,32 @@ class DispatchEngine:
         """The `interrupted` responses of every dispatch in flight, as of now."""
         now = self.runtime.now()
         return [interrupted_response(r, now) for r in self.pending_dispatches()]
+
+    def record_interrupted(
+        self, record: Mapping[str, Any], completed_at: datetime
+    ) -> dict[str, Any]:
+        """Close an in-flight record as `interrupted`; the fleet keeps the answers.
+
+        The acknowledged orders reached their vehicles before the stop: their
+        setpoints (until the order's expiry, counted from the dispatch start),
+        ack statistics and participation are kept as after any dispatch, and so
+        are rejections. Orders still waiting teach nothing about their vehicle
+        (the stop cut them short); they are reported as `timeout`.
+
+        Raises:
+            EngineError, KeyError, TypeError, ValueError: a malformed record.
+        """
+        result = interrupted_result(record, completed_at)
+        ttl = timedelta(seconds=self.settings.order_ttl_s or result.signal.duration_s)
+        answered: list[OrderOutcome] = []
+        for outcome in result.outcomes:
+            if outcome.status in _ANSWERED_STATUSES:
+                latency_s = (outcome.latency_ms or 0.0) / 1000.0
+                outcome.resolved_at = result.started_at + timedelta(seconds=latency_s)
+                outcome.expires_at = result.started_at + ttl
+                answered.append(outcome)
+        self._learn(answered, completed_at)
+        return result.as_response()
 
     # --- dispatch ---------------------------------------------------------------
 
@@ -898,15 +934,18 @@ class DispatchEngine:
         return result
 
     def _update_fleet(self, result: DispatchResult) -> None:
+        self._learn(result.outcomes, result.completed_at)
+
+    def _learn(self, outcomes: Iterable[OrderOutcome], completed_at: datetime) -> None:
         fleet = self.fleet
         participants: set[str] = set()
-        for outcome in result.outcomes:
+        for outcome in outcomes:
             fleet.record_outcome(
                 outcome.vehicle_id,
                 outcome.status,
                 outcome.delivered_kw,
                 outcome.latency_ms,
-                outcome.resolved_at or result.completed_at,
+                outcome.resolved_at or completed_at,
                 expires_at=outcome.expires_at,
             )
             if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
