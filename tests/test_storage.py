@@ -95,6 +95,39 @@ async def test_log_is_bounded_and_persisted(
     assert "v2g.e1.dispatch_log" not in hass_storage
 
 
+async def test_log_is_bounded_by_the_orders_it_holds(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    """Big dispatches push old ones out sooner; memory and file size stay bounded."""
+
+    def big(dispatch_id: str, count: int) -> dict[str, Any]:
+        orders = {f"v{i}": {"power_kw": 1.0} for i in range(count)}
+        return _entry(
+            dispatch_id, "aFRR", T0, vehicles=orders, fallback={"v0": {"power_kw": 2}}
+        )
+
+    log = DispatchLogStore(hass, "e1", max_entries=100, max_orders=10)
+    await log.async_load()
+    for index in range(4):
+        log.append(big(f"d{index}", 3))  # 4 orders each
+    assert [e["dispatch_id"] for e in log.query()] == ["d2", "d3"]
+    # An entry bigger than the whole budget is still kept (alone).
+    log.append(big("huge", 20))
+    assert [e["dispatch_id"] for e in log.query()] == ["huge"]
+    log.append(_entry("small", "FCR", T0, vehicles={"a": {}}))
+    assert [e["dispatch_id"] for e in log.query()] == ["small"]
+    log.append(_entry("bare", "FCR", T0))
+    await log.async_flush()
+
+    # Loading applies the bounds too.
+    hass_storage["v2g.e1.dispatch_log"]["data"]["entries"] = [
+        big(f"s{index}", 1) for index in range(6)
+    ]
+    again = DispatchLogStore(hass, "e1", max_entries=100, max_orders=5)
+    await again.async_load()
+    assert [e["dispatch_id"] for e in again.query()] == ["s4", "s5"]
+
+
 async def test_fleet_store_debounce_and_flush(
     hass: HomeAssistant, hass_storage: dict[str, Any]
 ) -> None:

@@ -26,6 +26,10 @@ from .const import DISPATCH_LOG_MAX_ENTRIES, DOMAIN, STORAGE_VERSION
 
 FLEET_SAVE_DELAY_S = 10.0
 LOG_SAVE_DELAY_S = 1.0
+# The log is also bounded by the orders it holds in total: a 200-vehicle dispatch
+# is ~55 kB of JSON (~120 kB in memory), so 1,000 of them would hold ~120 MB and
+# rewrite a 55 MB file after every dispatch. The newest entry is always kept.
+LOG_MAX_ORDERS = 50_000
 
 STATUS_INTERRUPTED = "interrupted"
 
@@ -85,19 +89,35 @@ class DispatchLogStore:
         hass: HomeAssistant,
         entry_id: str,
         max_entries: int = DISPATCH_LOG_MAX_ENTRIES,
+        max_orders: int = LOG_MAX_ORDERS,
     ) -> None:
         """Create the log of one config entry."""
         self._store: Store[dict[str, Any]] = Store(
             hass, STORAGE_VERSION, _key(entry_id, "dispatch_log"), atomic_writes=True
         )
-        self._entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
+        self._entries: deque[dict[str, Any]] = deque()
+        self._max_entries = max_entries
+        self._max_orders = max_orders
+        self._orders = 0  # orders (both rounds) of the entries held
         self._dirty = False
 
     async def async_load(self) -> None:
         """Read the saved entries."""
         data = await self._store.async_load()
         if isinstance(data, dict) and isinstance(data.get("entries"), list):
-            self._entries.extend(e for e in data["entries"] if isinstance(e, dict))
+            for entry in data["entries"]:
+                if isinstance(entry, dict):
+                    self._add(entry)
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        """Append; drop the oldest entries beyond either bound (keep the newest)."""
+        self._entries.append(entry)
+        self._orders += _order_count(entry)
+        entries = self._entries
+        while len(entries) > 1 and (
+            len(entries) > self._max_entries or self._orders > self._max_orders
+        ):
+            self._orders -= _order_count(entries.popleft())
 
     def _data(self) -> dict[str, Any]:
         self._dirty = False
@@ -105,8 +125,8 @@ class DispatchLogStore:
 
     @callback
     def append(self, entry: Mapping[str, Any]) -> None:
-        """Add a finished dispatch (the oldest one drops out when full)."""
-        self._entries.append(dict(entry))
+        """Add a finished dispatch (the oldest ones drop out when full)."""
+        self._add(dict(entry))
         self._dirty = True
         self._store.async_delay_save(self._data, LOG_SAVE_DELAY_S)
 
@@ -162,6 +182,15 @@ class DispatchLogStore:
                 continue
             matches.append(entry)
         return matches
+
+
+def _order_count(entry: Mapping[str, Any]) -> int:
+    count = 0
+    for section in ("vehicles", "fallback"):
+        value = entry.get(section)
+        if isinstance(value, dict):
+            count += len(value)
+    return count
 
 
 def _involves(entry: Mapping[str, Any], vehicle_id: str) -> bool:
