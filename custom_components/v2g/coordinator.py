@@ -490,6 +490,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 safe_discharge_floor=float(options[CONF_SAFE_DISCHARGE_FLOOR]) / 100.0,
                 soc_constraints=bool(options[CONF_SOC_CONSTRAINTS]),
             ),
+            stale_timeout_s=float(options[CONF_STALE_TIMEOUT]),
         )
 
     def _build_prediction(self) -> PredictionEngine | None:
