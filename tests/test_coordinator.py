@@ -517,6 +517,7 @@ async def test_optional_vehicle_sensors(
         {"config_entry_id": ENTRY_ID, "signal_type": "aFRR", "power_kw": 7},
         blocking=True,
     )
+    await hass.async_block_till_done()
     assert hass.states.get("sensor.v1_availability_forecast").state == "50.0"
     with patch(
         "custom_components.v2g.coordinator.dt_util.utcnow",
@@ -525,6 +526,7 @@ async def test_optional_vehicle_sensors(
         entry = hass.config_entries.async_get_entry(ENTRY_ID)
         assert entry is not None
         entry.runtime_data.async_update_now()
+    await hass.async_block_till_done()
     # 7 kW until the order expires, 15 minutes after it was sent.
     discharged = float(hass.states.get("sensor.v1_energy_discharged").state)
     assert discharged == pytest.approx(1.75, rel=0.01)

@@ -60,6 +60,9 @@ async def test_outcome_events(
             return_response=True,
         )
     assert response is not None
+    # The events fire with the vehicle entity updates, just after the response.
+    assert hass.states.get("event.v1_dispatch_outcome").state == STATE_UNKNOWN
+    await hass.async_block_till_done()
 
     acked = hass.states.get("event.v1_dispatch_outcome")
     assert acked.attributes[ATTR_EVENT_TYPE] == "acknowledged"

@@ -51,6 +51,8 @@ async def _dispatch(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
         return_response=True,
     )
     assert isinstance(response, dict)
+    # The vehicle entities are written just after the response.
+    await hass.async_block_till_done()
     return response
 
 

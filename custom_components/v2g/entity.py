@@ -1,9 +1,20 @@
-"""Base entities: the fleet (service device) and one device per vehicle."""
+"""Base entities: the fleet (service device) and one device per vehicle.
+
+Every entity writes its state only when what Home Assistant shows of it changed
+(availability, the state as displayed, the attributes): a dispatch to a few
+vehicles of a large fleet then costs a few state writes, not one per entity. The
+vehicle entities listen to their own vehicle only; the coordinator hands them the
+changed vehicles in chunks, without blocking the event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
+from itertools import islice
+from typing import Any, Final
 
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity, EntityDescription
@@ -14,6 +25,11 @@ from .const import DOMAIN
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator, VehicleSnapshot
 
 MANUFACTURER = "V2G Fleet Dispatch"
+# Vehicles whose entities one ``async_add_entities`` call adds; the loop is free
+# between two calls (adding an entity costs ~0.1 ms: 10,000 vehicles at once would
+# block it for seconds).
+ADD_BATCH_VEHICLES: Final = 50
+_NOT_WRITTEN: Final = object()
 
 
 def fleet_device_info(coordinator: V2GFleetCoordinator) -> DeviceInfo:
@@ -48,10 +64,39 @@ def vehicle_device_info(
     )
 
 
-class V2GFleetEntity(CoordinatorEntity[V2GFleetCoordinator]):
-    """An entity of the fleet service device."""
+class V2GEntity(Entity):
+    """Writes its state only when what Home Assistant shows of it changed."""
 
     _attr_has_entity_name = True
+    _attr_should_poll = False
+    # What the last state write showed (see _state_key).
+    _written_key: object = _NOT_WRITTEN
+
+    def _state_key(self) -> tuple[Any, ...]:
+        """What a state write would show: availability, state, attributes."""
+        return (self.available, self._rendered_state(), self.extra_state_attributes)
+
+    def _rendered_state(self) -> Any:
+        """The state as it is displayed (sensors round to their precision)."""
+        return self.state
+
+    @callback
+    def async_write_ha_state(self) -> None:
+        """Write the state and remember what it showed."""
+        self._written_key = self._state_key()
+        super().async_write_ha_state()
+
+    @callback
+    def async_write_if_changed(self) -> bool:
+        """Write the state if what it shows changed since the last write."""
+        if self._state_key() == self._written_key:
+            return False
+        self.async_write_ha_state()
+        return True
+
+
+class V2GFleetEntity(V2GEntity, CoordinatorEntity[V2GFleetCoordinator]):
+    """An entity of the fleet service device (updated with every snapshot)."""
 
     def __init__(
         self, coordinator: V2GFleetCoordinator, description: EntityDescription
@@ -64,16 +109,22 @@ class V2GFleetEntity(CoordinatorEntity[V2GFleetCoordinator]):
         )
         self._attr_device_info = fleet_device_info(coordinator)
 
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        self.async_write_if_changed()
+
     @property
     def available(self) -> bool:
         """Return False while the MQTT broker is not connected."""
         return super().available and self.coordinator.data.connected
 
 
-class V2GVehicleEntity(CoordinatorEntity[V2GFleetCoordinator]):
-    """An entity of one vehicle device."""
+class V2GVehicleEntity(V2GEntity):
+    """An entity of one vehicle device.
 
-    _attr_has_entity_name = True
+    Not a coordinator listener: the coordinator calls the entities of the
+    vehicles that changed (``async_add_vehicle_listener``), in chunks.
+    """
 
     def __init__(
         self,
@@ -82,7 +133,7 @@ class V2GVehicleEntity(CoordinatorEntity[V2GFleetCoordinator]):
         vehicle_id: str,
     ) -> None:
         """Bind the description to the vehicle's device."""
-        super().__init__(coordinator)
+        self.coordinator = coordinator
         self.entity_description = description
         self.vehicle_id = vehicle_id
         self._attr_unique_id = (
@@ -91,21 +142,20 @@ class V2GVehicleEntity(CoordinatorEntity[V2GFleetCoordinator]):
         self._attr_device_info = vehicle_device_info(
             coordinator, coordinator.data.vehicles[vehicle_id]
         )
-        # What the state written when the entity is added reflects.
-        self._written = (coordinator.data.connected, self.vehicle)
+
+    async def async_added_to_hass(self) -> None:
+        """Listen to the updates of this vehicle."""
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            self.coordinator.async_add_vehicle_listener(
+                self.vehicle_id, self._handle_vehicle_update
+            )
+        )
 
     @callback
-    def _handle_coordinator_update(self) -> None:
-        """Write the state only when this vehicle (or the connection) changed.
-
-        A dispatch to a few vehicles of a large fleet then costs a few state
-        writes, not one per entity of the fleet.
-        """
-        current = (self.coordinator.data.connected, self.vehicle)
-        if current == self._written:
-            return
-        self._written = current
-        super()._handle_coordinator_update()
+    def _handle_vehicle_update(self) -> None:
+        """The vehicle (or the connection) changed: write if this entity did."""
+        self.async_write_if_changed()
 
     @property
     def vehicle(self) -> VehicleSnapshot | None:
@@ -115,10 +165,11 @@ class V2GVehicleEntity(CoordinatorEntity[V2GFleetCoordinator]):
     @property
     def available(self) -> bool:
         """Return False when MQTT is down or the vehicle is stale (or gone)."""
+        coordinator = self.coordinator
         vehicle = self.vehicle
         return (
-            super().available
-            and self.coordinator.data.connected
+            coordinator.last_update_success
+            and coordinator.data.connected
             and vehicle is not None
             and not vehicle.stale
         )
@@ -134,21 +185,80 @@ def async_add_vehicle_entities(
     A vehicle that came from a config subentry gets its entities attached to that
     subentry, so deleting the subentry deletes its device too.
     """
-    coordinator = entry.runtime_data
-    known: set[str] = set()
+    adder = _VehicleEntityAdder(entry, async_add_entities, factory)
+    adder.async_add_new()
+    entry.async_on_unload(entry.runtime_data.async_add_listener(adder.async_add_new))
+    entry.async_on_unload(adder.async_cancel)
 
-    def _add_new() -> None:
-        current = coordinator.data.vehicles
+
+class _VehicleEntityAdder:
+    """Adds the entities of new vehicles, ``ADD_BATCH_VEHICLES`` at a time.
+
+    The batches come from a tracked task that lets the loop run between two of
+    them; the first batch is added right away (eager task).
+    """
+
+    def __init__(
+        self,
+        entry: V2GConfigEntry,
+        async_add_entities: AddConfigEntryEntitiesCallback,
+        factory: Callable[[str], Iterable[Entity]],
+    ) -> None:
+        self.entry = entry
+        self.coordinator = entry.runtime_data
+        self.async_add_entities = async_add_entities
+        self.factory = factory
+        self.known: set[str] = set()
+        self.queue: dict[str, None] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    @callback
+    def async_add_new(self) -> None:
+        """Queue the vehicles without entities (a coordinator listener)."""
+        current = self.coordinator.data.vehicles
+        known = self.known
         known.intersection_update(current)
+        new = [vehicle_id for vehicle_id in current if vehicle_id not in known]
+        if not new:
+            return
+        known.update(new)
+        self.queue.update(dict.fromkeys(new))
+        if self.task is None or self.task.done():
+            self.task = self.entry.async_create_task(
+                self.coordinator.hass,
+                self._async_add_queued(),
+                f"{DOMAIN} add vehicle entities",
+            )
+
+    @callback
+    def async_cancel(self) -> None:
+        """Stop adding (the entry unloads)."""
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _async_add_queued(self) -> None:
+        while self.queue and self.entry.state in (
+            ConfigEntryState.SETUP_IN_PROGRESS,
+            ConfigEntryState.LOADED,
+        ):
+            self._add_batch()
+            if self.queue:
+                await asyncio.sleep(0)
+
+    def _add_batch(self) -> None:
+        vehicles = self.coordinator.data.vehicles
+        queue = self.queue
         by_subentry: dict[str | None, list[Entity]] = {}
-        for vehicle_id, vehicle in current.items():
-            if vehicle_id in known:
+        for vehicle_id in list(islice(queue, ADD_BATCH_VEHICLES)):
+            del queue[vehicle_id]
+            vehicle = vehicles.get(vehicle_id)
+            if vehicle is None:  # removed while queued
+                self.known.discard(vehicle_id)
                 continue
-            known.add(vehicle_id)
-            by_subentry.setdefault(vehicle.subentry_id, []).extend(factory(vehicle_id))
+            by_subentry.setdefault(vehicle.subentry_id, []).extend(
+                self.factory(vehicle_id)
+            )
         for subentry_id, entities in by_subentry.items():
             if entities:
-                async_add_entities(entities, config_subentry_id=subentry_id)
-
-    _add_new()
-    entry.async_on_unload(coordinator.async_add_listener(_add_new))
+                self.async_add_entities(entities, config_subentry_id=subentry_id)

@@ -35,11 +35,19 @@ async def async_setup_entry(
 
 
 class V2GDispatchOutcomeEvent(V2GVehicleEntity, EventEntity):
-    """Fires when an order to this vehicle is acknowledged, rejected or timed out."""
+    """Fires when an order to this vehicle is acknowledged, rejected or timed out.
+
+    Written when it fires and when its availability changes, never because its
+    vehicle's other values changed.
+    """
 
     def __init__(self, coordinator: V2GFleetCoordinator, vehicle_id: str) -> None:
         """Create the event entity of one vehicle."""
         super().__init__(coordinator, DISPATCH_OUTCOME, vehicle_id)
+
+    def _state_key(self) -> tuple[Any, ...]:
+        # The state and attributes only change when it fires (which writes).
+        return (self.available,)
 
     async def async_added_to_hass(self) -> None:
         """Listen to the dispatch outcomes of this vehicle."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from homeassistant.components.sensor import (
+    DOMAIN as SENSOR_DOMAIN,
     SensorDeviceClass,
     SensorEntity,
     SensorEntityDescription,
@@ -42,6 +43,38 @@ DISPATCH_STATUSES = ["completed", "partial", "failed", "planned", "interrupted"]
 
 def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else round(fraction * 100.0, 2)
+
+
+def _display_precision(sensor: SensorEntity) -> int | None:
+    """The decimals the frontend shows (the user's choice, else ours).
+
+    None when Home Assistant converts the value to a unit the user chose: the
+    precision then applies to the converted value, so none is assumed.
+    """
+    entry = sensor.registry_entry
+    options = entry.options.get(SENSOR_DOMAIN) if entry is not None else None
+    if options:
+        unit = options.get("unit_of_measurement")
+        if unit is not None and unit != sensor.native_unit_of_measurement:
+            return None
+        for key in ("display_precision", "suggested_display_precision"):
+            if (precision := options.get(key)) is not None:
+                return int(precision)
+    return sensor.suggested_display_precision
+
+
+def displayed_value(sensor: SensorEntity, value: Any) -> Any:
+    """A sensor value as it is displayed: numbers rounded to the precision.
+
+    A state write is skipped while this stays the same (entity.py).
+    """
+    if isinstance(value, datetime):
+        # Timestamps are stated to the second (SensorEntity.state).
+        return value.astimezone(UTC).isoformat(timespec="seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    precision = _display_precision(sensor)
+    return value if precision is None else round(value, precision)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +318,9 @@ class V2GFleetSensor(V2GFleetEntity, SensorEntity):
         """Return the value from the latest fleet snapshot."""
         return self.entity_description.value_fn(self.coordinator.data)
 
+    def _rendered_state(self) -> Any:
+        return displayed_value(self, self.native_value)
+
 
 class V2GVehicleSensor(V2GVehicleEntity, SensorEntity):
     """A vehicle sensor."""
@@ -296,3 +332,6 @@ class V2GVehicleSensor(V2GVehicleEntity, SensorEntity):
         """Return the value from the vehicle's latest snapshot."""
         vehicle = self.vehicle
         return None if vehicle is None else self.entity_description.value_fn(vehicle)
+
+    def _rendered_state(self) -> Any:
+        return displayed_value(self, self.native_value)
