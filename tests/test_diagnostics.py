@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from homeassistant.core import HomeAssistant
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_mqtt_message
@@ -37,6 +39,9 @@ async def test_diagnostics(
         hass, "vehicle/car-1/ack", '{"command_id": "spoofed-or-replayed"}'
     )
     await hass.async_block_till_done()
+    # The broker's subscription confirmation arrives a moment after setup.
+    async with asyncio.timeout(5):
+        await entry.runtime_data.gate.async_wait()
     FleetResponder(hass, fleet_mqtt)
     await hass.services.async_call(
         DOMAIN,
