@@ -116,6 +116,77 @@ class ConcurrentWs:
             await self._session.close()
 
 
+# --- optional memory probe (--trace-memory) --------------------------------------
+
+PROBE_MANIFEST = {
+    "domain": "soak_probe",
+    "name": "Soak memory probe",
+    "version": "0.0.1",
+    "documentation": "https://example.invalid",
+    "codeowners": [],
+    "requirements": [],
+    "iot_class": "local_push",
+}
+PROBE_CODE = '''"""Soak memory probe: tracemalloc growth by source file (devtools/soak.py)."""
+
+from datetime import timedelta
+import json
+from pathlib import Path
+import tracemalloc
+
+from homeassistant.helpers.event import async_track_time_interval
+
+DOMAIN = "soak_probe"
+
+
+async def async_setup(hass, config):
+    """Trace allocations; every interval write the growth since the baseline."""
+    conf = config.get(DOMAIN) or {}
+    out = Path(conf["output"])
+    warmup = float(conf.get("warmup", 300))
+    interval = timedelta(seconds=float(conf.get("interval", 60)))
+    tracemalloc.start(1)
+    state = {"baseline": None, "started": hass.loop.time()}
+
+    def _top(snapshot, baseline):
+        stats = snapshot.compare_to(baseline, "filename")
+        return [
+            {"file": str(s.traceback[0].filename), "size_diff_kib": round(s.size_diff / 1024, 1),
+             "size_kib": round(s.size / 1024, 1), "count_diff": s.count_diff}
+            for s in stats[:25]
+        ]
+
+    def _tick(now):
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        elapsed = hass.loop.time() - state["started"]
+        if state["baseline"] is None:
+            if elapsed >= warmup:
+                state["baseline"] = snapshot
+                state["baseline_at"] = elapsed
+            return
+        current, peak = tracemalloc.get_traced_memory()
+        out.write_text(json.dumps({
+            "baseline_at_s": state["baseline_at"], "at_s": elapsed,
+            "traced_mib": round(current / 2**20, 1), "peak_mib": round(peak / 2**20, 1),
+            "growth_by_file": _top(snapshot, state["baseline"]),
+        }, indent=1))
+
+    async_track_time_interval(hass, _tick, interval)
+    return True
+'''
+
+
+def install_probe(config_dir: Path, output: Path, warmup: float) -> str:
+    """Write the probe integration into the config folder; return its YAML."""
+    folder = config_dir / "custom_components" / "soak_probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(PROBE_MANIFEST), encoding="utf-8")
+    (folder / "__init__.py").write_text(PROBE_CODE, encoding="utf-8")
+    return f"soak_probe:\n  output: {output}\n  warmup: {warmup}\n  interval: 60\n"
+
+
 # --- measurements ------------------------------------------------------------------
 
 
@@ -453,7 +524,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         broker.start()
         print(f"mosquitto on {broker.address}; work dir {workdir}", flush=True)
         simulator = start_simulator(broker, args, workdir)
-        hass.prepare()
+        extra_yaml = ""
+        if args.trace_memory:
+            extra_yaml = install_probe(
+                hass.config_dir, output / "memory-growth.json", args.trace_warmup
+            )
+        hass.prepare(extra_yaml)
         await hass.start()
         await hass.ensure_mqtt_entry(broker.port)
         entry = await hass.ensure_v2g_entry(name="Depot")
@@ -568,6 +644,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary work dir"
+    )
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="trace hass allocations (slow); growth by file to memory-growth.json",
+    )
+    parser.add_argument(
+        "--trace-warmup", type=float, default=300.0, help="s before the baseline"
     )
     return parser.parse_args(argv)
 
