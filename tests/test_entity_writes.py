@@ -239,6 +239,30 @@ async def test_vehicle_updates_are_chunked(
     assert max(len(chunk) for chunk in chunks) == 8
 
 
+async def test_back_to_back_dispatches_fire_every_event(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    """A dispatch finishing while the last one's entities are still being written."""
+    await _fleet(hass)
+    FleetResponder(hass, fleet_mqtt)
+    coordinator = _coordinator(hass)
+    with (
+        patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 1),
+        count_writes(hass) as counter,
+    ):
+        await _dispatch(hass, DISPATCHED, 50)
+        response = await _dispatch(hass, DISPATCHED, 50)
+        # The first walk is not over: the second one's events join it.
+        assert coordinator._vehicle_task is not None
+        await hass.async_block_till_done()
+    writes = counter.by_owner()
+    for vehicle_id in DISPATCHED:
+        assert writes[vehicle_id]["dispatch_outcome"] == 2
+    event = hass.states.get("event.car050_dispatch_outcome")
+    assert event.attributes["dispatch_id"] == response["dispatch_id"]
+    assert not coordinator._pending_outcomes
+
+
 async def test_housekeeping_writes_only_displayed_changes(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,

@@ -154,6 +154,8 @@ METRICS_VERSION = 1
 VEHICLE_UPDATE_CHUNK = 100
 
 type OutcomeCallback = Callable[[str, dict[str, Any]], None]
+# An outcome event waiting for its vehicle's entity update: result, outcome, round.
+type _QueuedOutcome = tuple[DispatchResult, OrderOutcome, str]
 
 
 # --- entity data ------------------------------------------------------------------
@@ -465,12 +467,12 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self._untrack_entities: CALLBACK_TYPE | None = None
         self._outcome_listeners: dict[str, list[OutcomeCallback]] = {}
         # Vehicle entities: listeners per vehicle, the vehicles (and outcome
-        # events) still to hand to them, the task that does it in chunks.
+        # events) still to hand to them, the task that does it in chunks; the
+        # outcome events of a dispatch wait for its snapshot (staged).
         self._vehicle_listeners: dict[str, list[CALLBACK_TYPE]] = {}
         self._pending_vehicles: dict[str, None] = {}
-        self._pending_outcomes: dict[
-            str, list[tuple[DispatchResult, OrderOutcome, str]]
-        ] = {}
+        self._pending_outcomes: dict[str, list[_QueuedOutcome]] = {}
+        self._staged_outcomes: dict[str, list[_QueuedOutcome]] = {}
         self._vehicle_task: asyncio.Task[None] | None = None
         self._published: FleetSnapshot | None = None
         # The values of each vehicle's latest snapshot: unchanged vehicles keep
@@ -661,6 +663,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             self._vehicle_task = None
         self._pending_vehicles.clear()
         self._pending_outcomes.clear()
+        self._staged_outcomes.clear()
         running = self.engine.pending_dispatches()
         for task in list(self._dispatch_tasks):
             task.cancel()
@@ -821,6 +824,15 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         """
         previous, self._published = self._published, self.data
         self._mark_vehicles(previous, self.data)
+        if staged := self._staged_outcomes:
+            self._staged_outcomes = {}
+            pending = self._pending_outcomes
+            if pending:
+                for vehicle_id, queued in staged.items():
+                    pending.setdefault(vehicle_id, []).extend(queued)
+            else:
+                self._pending_outcomes = staged
+            self._pending_vehicles.update(dict.fromkeys(staged))
         super().async_update_listeners()
         self._schedule_vehicle_updates()
 
@@ -1242,23 +1254,22 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         return _add_keyed(self._outcome_listeners, vehicle_id, listener)
 
     def _fire_outcomes(self, result: DispatchResult) -> None:
-        """Queue the outcome events.
+        """Stage the outcome events.
 
         They fire with their vehicle's entity update, after the next snapshot
-        (`_async_update_vehicles`).
+        (`async_update_listeners`, `_async_update_vehicles`).
         """
         listened = self._outcome_listeners
-        pending = self._pending_outcomes
+        staged = self._staged_outcomes
         for round_name, outcomes in (
             ("initial", result.vehicles),
             ("fallback", result.fallback),
         ):
             for vehicle_id, outcome in outcomes.items():
                 if vehicle_id in listened and outcome.status in _OUTCOME_STATUSES:
-                    pending.setdefault(vehicle_id, []).append(
+                    staged.setdefault(vehicle_id, []).append(
                         (result, outcome, round_name)
                     )
-                    self._pending_vehicles[vehicle_id] = None
 
     # --- dispatch -----------------------------------------------------------------------
 
