@@ -11,12 +11,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 import logging
 from typing import Any
 from unittest.mock import MagicMock, patch
 
-from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import mqtt
 from homeassistant.components.event import ATTR_EVENT_TYPE
 from homeassistant.config_entries import ConfigEntryState
@@ -29,11 +28,9 @@ from homeassistant.const import (
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.util import dt as dt_util
 import pytest
-from pytest_homeassistant_custom_component.common import (
-    MockConfigEntry,
-    async_fire_time_changed,
-)
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
@@ -266,16 +263,29 @@ async def test_back_to_back_dispatches_fire_every_event(
 async def test_housekeeping_writes_only_displayed_changes(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
-    freezer: FrozenDateTimeFactory,
     entity_registry: er.EntityRegistry,
+) -> None:
+    # Wall time is stepped by hand and housekeeping run directly: a frozen clock
+    # (freezer) also freezes the loop's timers, which could stall the dispatch.
+    wall = [dt_util.utcnow()]
+    with patch.object(dt_util, "utcnow", side_effect=lambda: wall[0]):
+        await _check_housekeeping_writes(hass, fleet_mqtt, entity_registry, wall)
+
+
+async def _check_housekeeping_writes(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    entity_registry: er.EntityRegistry,
+    wall: list[datetime],
 ) -> None:
     await _fleet(hass, VEHICLES[:3])
     FleetResponder(hass, fleet_mqtt)
+    coordinator = hass.config_entries.async_get_entry(ENTRY_ID).runtime_data
 
     async def housekeeping(seconds: float = 30) -> WriteCounter:
         with count_writes(hass) as counter:
-            freezer.tick(timedelta(seconds=seconds))
-            async_fire_time_changed(hass)
+            wall[0] += timedelta(seconds=seconds)
+            coordinator._async_housekeeping()
             await hass.async_block_till_done()
         return counter
 
