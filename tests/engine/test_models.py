@@ -150,3 +150,14 @@ def test_signal_validation(changes: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidValueError) as info:
         FlexibilitySignal(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_times_without_a_utc_equivalent_are_refused() -> None:
+    """Found by fuzzing discovery answers: year 9999 at +14:00 has no UTC time."""
+    from datetime import datetime, timedelta, timezone
+
+    from custom_components.v2g.engine import InvalidValueError, Vehicle
+
+    edge = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(-timedelta(hours=14)))
+    with pytest.raises(InvalidValueError, match="departure"):
+        Vehicle(vehicle_id="v1", departure=edge)

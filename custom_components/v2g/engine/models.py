@@ -185,6 +185,12 @@ def _require_aware(field: str, value: object) -> None:
         raise InvalidValueError(field, "must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidValueError(field, "must be timezone-aware")
+    try:
+        # A time at the edge of the calendar (year 1 or 9999 with an offset) has
+        # no UTC equivalent; it would break every later formatting of the vehicle.
+        value.astimezone(UTC)
+    except OverflowError as err:
+        raise InvalidValueError(field, "is out of range") from err
 
 
 def isoformat_utc(value: datetime) -> str:
