@@ -34,7 +34,8 @@ from typing import Any
 from unittest.mock import patch
 
 from homeassistant.core import HomeAssistant
-from hypothesis import HealthCheck, given, settings, strategies as st
+from homeassistant.helpers.json import json_dumps
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from paho.mqtt.client import topic_matches_sub
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_mqtt_message
@@ -401,6 +402,21 @@ def fleet_messages(kind: str) -> st.SearchStrategy[Message]:
     return build()
 
 
+# Always tried (besides the random examples): inputs that once broke something.
+EXPLICIT_EXAMPLES: dict[str, list[Message]] = {
+    # A departure with no UTC equivalent (year 10000 in UTC).
+    "discovery": [
+        Message(
+            "v2g/fleet/response/v1",
+            _json(
+                {"ID": "v1", "Departure": "9999-12-31T23:59:59-14:00", "MinSoC": 0.5}
+            ),
+        )
+    ],
+    "telemetry": [Message("v2g/vehicle/state/v1", _json({"ts": 9.9e10, "soc": 1.0}))],
+}
+
+
 # --- the harness ----------------------------------------------------------------------
 
 
@@ -491,6 +507,28 @@ def _check(
     return "dropped" if dropped else "handled"
 
 
+def _run_hypothesis(
+    kind: str,
+    strategy: st.SearchStrategy[Message],
+    fire_one: Callable[[Message], None],
+) -> None:
+    """Run ``fire_one`` on the explicit examples of ``kind`` and random ones."""
+    fire = given(message=strategy)(fire_one)
+    for explicit in EXPLICIT_EXAMPLES.get(kind, ()):
+        fire = example(message=explicit)(fire)
+    settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )(fire)()
+
+
 async def _dispatch_waiting(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> tuple[asyncio.Task[Any], FleetResponder]:
@@ -546,19 +584,7 @@ async def test_fuzz_subscribed_topic(
     outcomes: Counter[str] = Counter()
     sent_delivered = 0
 
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
-    @given(message=strategies[kind]())
-    def fire(message: Message) -> None:
+    def fire_one(message: Message) -> None:
         nonlocal sent_delivered
         before = accounting.snapshot()
         async_fire_mqtt_message(hass, message.topic, message.payload)
@@ -566,9 +592,15 @@ async def test_fuzz_subscribed_topic(
         outcomes[outcome] += 1
         if outcome != "not_delivered":
             sent_delivered += 1
+        if outcome == "handled" and accounting.fleet_updates > before[2]:
+            # What was accepted must stay usable: entity snapshot, the fleet's
+            # saved form and diagnostics are built and serialised.
+            coordinator._build_snapshot()
+            json.loads(json_dumps(coordinator._fleet_data()))
+            json.loads(json_dumps(coordinator.diagnostics()))
 
     try:
-        fire()
+        _run_hypothesis(kind, strategies[kind](), fire_one)
     except BaseException:
         task.cancel()  # do not leave the waiting dispatch behind
         raise
