@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.base_events
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 import contextlib
@@ -300,6 +301,172 @@ class LoopBlockMonitor:
     def blocks_over(self, threshold_ms: float) -> int:
         """How many wake-ups were later than ``threshold_ms``."""
         return sum(1 for gap in self.gaps if gap * 1000.0 > threshold_ms)
+
+
+def _where(coro: Any) -> str:
+    """Where a coroutine stands: the innermost two awaiting frames outside asyncio."""
+    frames = []
+    seen = 0
+    while coro is not None and seen < 50:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None and "/asyncio/" not in frame.f_code.co_filename:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        seen += 1
+    return (
+        " > ".join(
+            f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}:{f.f_lineno}"
+            for f in frames[-2:]
+        )
+        or "?"
+    )
+
+
+def _handle_label(callback_obj: Any) -> tuple[str, Any]:
+    """A readable name of what a loop handle runs, and its coroutine (if a task)."""
+    task = getattr(callback_obj, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", repr(coro))
+        return f"task {name}", coro
+    func = getattr(callback_obj, "func", callback_obj)  # functools.partial
+    name = getattr(func, "__qualname__", None) or repr(func)
+    module = getattr(func, "__module__", "") or ""
+    return f"{module}.{name}", None
+
+
+@dataclass(slots=True)
+class LoopStep:
+    """One event-loop callback that ran longer than the tracer's threshold."""
+
+    started: float  # time.monotonic()
+    seconds: float
+    label: str
+    resumed_at: str
+    suspended_at: str
+
+
+@dataclass(slots=True)
+class LoopIteration:
+    """One event-loop iteration whose callbacks together ran over the threshold."""
+
+    seconds: float
+    handles: int
+    by_label: list[tuple[str, float]]  # the biggest contributors (label, seconds)
+
+
+class LoopStepTracer:
+    """Which callbacks block the event loop: every loop step over a threshold.
+
+    A diagnostic for ``--trace-loop`` (never active in measured runs): it wraps
+    ``asyncio.Handle._run`` and ``BaseEventLoop._run_once`` for its duration, so
+    each callback and task step is timed. Kept: the steps longer than
+    ``threshold_s`` with what they ran (task coroutine, where it resumed and
+    where it suspended again), and the loop iterations whose callbacks together
+    ran longer (many short steps in one iteration block the loop as much as
+    one long step).
+    """
+
+    def __init__(self, threshold_s: float = 0.005) -> None:
+        """Create a tracer keeping the steps longer than ``threshold_s``."""
+        self.threshold_s = threshold_s
+        self.steps: list[LoopStep] = []
+        self.iterations: list[LoopIteration] = []
+        self._current: dict[str, float] = {}
+        self._current_handles = 0
+        self._originals: tuple[Any, Any] | None = None
+
+    def _end_iteration(self) -> None:
+        total = sum(self._current.values())
+        if total >= self.threshold_s:
+            self.iterations.append(
+                LoopIteration(
+                    total,
+                    self._current_handles,
+                    sorted(self._current.items(), key=lambda item: -item[1])[:4],
+                )
+            )
+        self._current = {}
+        self._current_handles = 0
+
+    def __enter__(self) -> Self:
+        """Start timing every loop step."""
+        original_run = asyncio.events.Handle._run
+        original_once = asyncio.base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
+        self._originals = (original_run, original_once)
+        tracer = self
+        perf = time.perf_counter
+
+        def _run(handle: asyncio.Handle) -> None:
+            label, coro = _handle_label(getattr(handle, "_callback", None))
+            resumed_at = _where(coro) if coro is not None else ""
+            start = perf()
+            try:
+                original_run(handle)
+            finally:
+                elapsed = perf() - start
+                current = tracer._current
+                current[label] = current.get(label, 0.0) + elapsed
+                tracer._current_handles += 1
+                if elapsed >= tracer.threshold_s:
+                    tracer.steps.append(
+                        LoopStep(
+                            started=time.monotonic() - elapsed,
+                            seconds=elapsed,
+                            label=label,
+                            resumed_at=resumed_at,
+                            suspended_at=_where(coro) if coro is not None else "",
+                        )
+                    )
+
+        def _run_once(loop: asyncio.AbstractEventLoop) -> None:
+            tracer._end_iteration()
+            original_once(loop)
+
+        setattr(asyncio.events.Handle, "_run", _run)
+        setattr(asyncio.base_events.BaseEventLoop, "_run_once", _run_once)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop timing."""
+        if self._originals is not None:
+            original_run, original_once = self._originals
+            setattr(asyncio.events.Handle, "_run", original_run)
+            setattr(asyncio.base_events.BaseEventLoop, "_run_once", original_once)
+            self._originals = None
+            self._end_iteration()
+
+    def report(self, limit: int = 30) -> str:
+        """The slowest iterations and steps, and the total per label."""
+        ms = 1000.0
+        lines = [
+            f"loop iterations over {self.threshold_s * ms:.0f} ms:"
+            f" {len(self.iterations)}; steps over it: {len(self.steps)}",
+            "slowest iterations (callbacks run, biggest contributors):",
+        ]
+        for it in sorted(self.iterations, key=lambda i: -i.seconds)[:limit]:
+            parts = ", ".join(f"{label} {sec * ms:.1f}" for label, sec in it.by_label)
+            lines.append(
+                f"  {it.seconds * ms:7.1f} ms  {it.handles:6d} handles: {parts}"
+            )
+        totals: Counter[str] = Counter()
+        for step in self.steps:
+            totals[step.label] += round(step.seconds * ms)
+        lines.append("total ms per callback (steps over the threshold):")
+        lines.extend(
+            f"  {total:6d}  {label}" for label, total in totals.most_common(20)
+        )
+        lines.append("slowest steps:")
+        lines.extend(
+            f"  {step.seconds * ms:7.1f} ms  {step.label}"
+            + (
+                f"  [{step.resumed_at} -> {step.suspended_at}]"
+                if step.resumed_at
+                else ""
+            )
+            for step in sorted(self.steps, key=lambda s: -s.seconds)[:limit]
+        )
+        return "\n".join(lines)
 
 
 class StateWriteCounter:

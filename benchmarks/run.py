@@ -36,6 +36,7 @@ from .harness import (
     REPO_ROOT,
     HarnessError,
     HassHarness,
+    LoopStepTracer,
     StateWriteCounter,
     median,
     mosquitto_version,
@@ -68,6 +69,7 @@ class Options:
     sections: tuple[str, ...]
     profile: bool
     quick: bool
+    trace_loop: bool = False
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -126,6 +128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="cProfile the discovery and one extra dispatch at the largest size"
         " (out-dir/profiles)",
     )
+    parser.add_argument(
+        "--trace-loop",
+        action="store_true",
+        help="time every event-loop step of one extra dispatch and floor run at the"
+        " largest size; list the slow ones (out-dir/profiles/loop-steps-*.txt)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     engine_sizes = args.engine_sizes or (
@@ -146,6 +154,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         sections=args.only,
         profile=args.profile,
         quick=args.quick,
+        trace_loop=args.trace_loop,
     )
 
 
@@ -324,11 +333,37 @@ async def _measure_size(
     row["entities_written"] = writes.entities_written
     row["max_writes_per_entity"] = writes.max_writes_per_entity
     row["rewritten_entities_sample"] = writes.rewritten
+    if options.trace_loop and size == max(options.sizes):
+        await _trace_loop(scenario, floor_run, profile_dir)
     if profiled:
         path = profile_dir / f"dispatch-{scenario.mode}-{size}.prof"
         await _settle(hass)
         await scenario.async_dispatch(profile_path=path)
         say(f"  profile written to {path} (.txt: top functions)")
+
+
+async def _trace_loop(
+    scenario: Any, floor_run: Callable[[int], Any], profile_dir: Path
+) -> None:
+    """One floor run and one dispatch with every loop step timed (diagnostic)."""
+    hass = scenario.hass
+    size = scenario.size
+    sections = []
+    for name in ("floor", "integration"):
+        await _settle(hass)
+        with LoopStepTracer() as tracer:
+            if name == "floor":
+                await floor_run(size)
+            else:
+                run = await scenario.async_dispatch()
+                say(f"  traced dispatch: loop block {run.max_block_ms:.0f} ms")
+        sections.append(
+            f"== {name} ({scenario.mode}, {size} vehicles)\n{tracer.report()}"
+        )
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    path = profile_dir / f"loop-steps-{scenario.mode}-{size}.txt"
+    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    say(f"  loop steps written to {path}")
 
 
 def _finish_row(

@@ -285,7 +285,7 @@ async def _check_housekeeping_writes(
     async def housekeeping(seconds: float = 30) -> WriteCounter:
         with count_writes(hass) as counter:
             wall[0] += timedelta(seconds=seconds)
-            coordinator._async_housekeeping()
+            await coordinator._async_housekeeping()
             await hass.async_block_till_done()
         return counter
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+import threading
 from typing import Any
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
+from custom_components.v2g.engine import Steps
 from custom_components.v2g.storage import (
     DispatchLogStore,
     FleetStore,
@@ -134,13 +136,47 @@ async def test_fleet_store_debounce_and_flush(
     store = FleetStore(hass, "e1")
     assert await store.async_load() is None
     await store.async_flush()  # nothing scheduled
-    store.async_schedule_save(lambda: {"fleet": {"v1": 1}})
+    store.async_schedule_save(lambda: _steps({"fleet": {"v1": 1}}))
     assert "v2g.e1.fleet" not in hass_storage
     await store.async_flush()
     assert hass_storage["v2g.e1.fleet"]["data"] == {"fleet": {"v1": 1}}
+    await store.async_flush()  # nothing new: no second write
     assert await FleetStore(hass, "e1").async_load() == {"fleet": {"v1": 1}}
     await store.async_remove()
     assert "v2g.e1.fleet" not in hass_storage
+
+
+def _steps(data: dict[str, Any], steps: int = 1) -> Steps[dict[str, Any]]:
+    for _ in range(steps):
+        yield
+    return data
+
+
+async def test_fleet_store_builds_on_the_loop_for_the_writer_thread(
+    hass: HomeAssistant,
+) -> None:
+    """The Store's writer thread gets data built on the loop, in steps."""
+    store = FleetStore(hass, "e1")
+    built_in: list[int] = []
+    ticks: list[int] = []
+
+    def build() -> Steps[dict[str, Any]]:
+        for step in range(3):
+            built_in.append(threading.get_ident())
+            # The loop ran something else since the previous step.
+            hass.loop.call_soon(ticks.append, step)
+            yield
+        assert ticks == [0, 1, 2]
+        return {"fleet": "built"}
+
+    store.async_schedule_save(build)
+    data = await hass.async_add_executor_job(store._data)
+    assert data == {"fleet": "built"}
+    assert set(built_in) == {hass.loop_thread_id}
+    # Called on the loop (the test suite's mocked storage does), it runs at once.
+    store.async_schedule_save(lambda: _steps({"fleet": "now"}, 3))
+    assert store._data() == {"fleet": "now"}
+    await store.async_remove()
 
 
 async def test_in_flight_marker_lifecycle(

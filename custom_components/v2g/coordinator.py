@@ -98,6 +98,7 @@ from .const import (
     TELEMETRY_PUSH,
 )
 from .engine import (
+    STEP_SIZE,
     DispatchEngine,
     DispatchRequest,
     DispatchResult,
@@ -114,14 +115,17 @@ from .engine import (
     SafetySettings,
     SignalType,
     StaticProfile,
+    Steps,
     Strategy,
     Vehicle,
+    async_run_steps,
     co2_avoided_g,
     decode_telemetry,
     decode_vehicle,
     evaluate_eligibility,
     parse_hourly_profile,
     plan_day_ahead,
+    run_steps,
 )
 from .history import HistoryPrediction
 from .storage import DispatchLogStore, FleetStore, InFlightStore, interrupted_entry
@@ -687,14 +691,23 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     # --- persistence ------------------------------------------------------------------
 
     def _fleet_data(self) -> dict[str, Any]:
+        return run_steps(self._fleet_data_steps())
+
+    def _fleet_data_steps(self) -> Steps[dict[str, Any]]:
+        """What the fleet store saves, built in steps (10,000 vehicles: ~60 ms)."""
+        fleet_data = yield from self.fleet.as_dict_steps()
         now_mono = self.runtime.monotonic()
         utcnow = dt_util.utcnow()
-        last_seen = {
-            vehicle_id: (utcnow - timedelta(seconds=now_mono - seen)).isoformat()
-            for vehicle_id, seen in self.fleet.last_seen.items()
-        }
+        seen_items = list(self.fleet.last_seen.items())
+        last_seen: dict[str, str] = {}
+        for start in range(0, len(seen_items), STEP_SIZE):
+            last_seen.update(
+                (vehicle_id, (utcnow - timedelta(seconds=now_mono - seen)).isoformat())
+                for vehicle_id, seen in seen_items[start : start + STEP_SIZE]
+            )
+            yield
         return {
-            "fleet": self.fleet.as_dict(),
+            "fleet": fleet_data,
             "last_seen": last_seen,
             "soc_known": sorted(self._soc_known),
             "metrics": self.metrics.as_dict(),
@@ -702,7 +715,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
 
     @callback
     def _schedule_save(self) -> None:
-        self.fleet_store.async_schedule_save(self._fleet_data)
+        self.fleet_store.async_schedule_save(self._fleet_data_steps)
 
     # --- snapshots --------------------------------------------------------------------
 
@@ -710,6 +723,19 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         return set(self.fleet.stale_ids(self.runtime.monotonic(), self.stale_timeout))
 
     def _build_snapshot(self) -> FleetSnapshot:
+        return run_steps(self._snapshot_steps())
+
+    async def _async_build_snapshot(self) -> FleetSnapshot:
+        """Build a snapshot, letting the loop run between chunks of vehicles."""
+        return await async_run_steps(self._snapshot_steps())
+
+    def _snapshot_steps(self) -> Steps[FleetSnapshot]:
+        """The snapshot of the fleet, `STEP_SIZE` vehicles per step.
+
+        The vehicles are listed first; one that arrives meanwhile is in the next
+        snapshot. Unchanged vehicles keep their snapshot object (the cache is
+        replaced when the snapshot is complete).
+        """
         fleet = self.fleet
         now = dt_util.utcnow()
         fleet.accrue(now)
@@ -718,47 +744,33 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         vehicles: dict[str, VehicleSnapshot] = {}
         live: list[Vehicle] = []
         cache = self._vehicle_values
-        self._vehicle_values = new_cache = {}
-        for vehicle_id, vehicle in fleet.vehicles.items():
-            is_stale = vehicle_id in stale
-            if not is_stale:
-                live.append(vehicle)
-            stats = fleet.stats.get(vehicle_id)
-            discharged = fleet.energy_discharged_kwh.get(vehicle_id, 0.0)
-            forecast: float | None = None
-            if self.prediction is not None:
-                forecast = self.prediction.availability(vehicle_id, now)
-            manual = self._manual.get(vehicle_id)
-            values = (
-                vehicle.is_v2g,
-                None if manual is None else manual[0],
-                is_stale,
-                vehicle.soc if vehicle_id in self._soc_known else None,
-                vehicle.available,
-                setpoints.get(vehicle_id, 0.0),
-                None if stats is None else stats.ack_rate,
-                None
-                if stats is None or stats.last_latency_ms is None
-                else round(stats.last_latency_ms, 3),
-                discharged,
-                fleet.energy_charged_kwh.get(vehicle_id, 0.0),
-                co2_avoided_g(discharged, self.emission_factor)
-                if self.emission_factor > 0
-                else 0.0,
-                forecast,
-            )
-            cached = cache.get(vehicle_id)
-            if cached is None or cached[0] != values:
-                cached = (values, _vehicle_snapshot(vehicle_id, values))
-            new_cache[vehicle_id] = cached
-            vehicles[vehicle_id] = cached[1]
+        new_cache: dict[str, tuple[tuple[Any, ...], VehicleSnapshot]] = {}
+        items = list(fleet.vehicles.items())
+        for start in range(0, len(items), STEP_SIZE):
+            if start:
+                yield
+            for vehicle_id, vehicle in items[start : start + STEP_SIZE]:
+                is_stale = vehicle_id in stale
+                if not is_stale:
+                    live.append(vehicle)
+                values = self._vehicle_values_of(
+                    vehicle_id, vehicle, is_stale, setpoints, now
+                )
+                cached = cache.get(vehicle_id)
+                if cached is None or cached[0] != values:
+                    cached = (values, _vehicle_snapshot(vehicle_id, values))
+                new_cache[vehicle_id] = cached
+                vehicles[vehicle_id] = cached[1]
+        self._vehicle_values = new_cache
+        flexibility_up = yield from self._flexibility_steps(live, 1.0, now)
+        flexibility_down = yield from self._flexibility_steps(live, -1.0, now)
         last = self.metrics.last or {}
         return FleetSnapshot(
             connected=self.connected,
             vehicles=vehicles,
             vehicles_available=sum(1 for v in live if v.available),
-            flexibility_up_kw=self._flexibility(live, 1.0, now),
-            flexibility_down_kw=self._flexibility(live, -1.0, now),
+            flexibility_up_kw=flexibility_up,
+            flexibility_down_kw=flexibility_down,
             last_ack_rate=last.get("ack_rate"),
             ack_rate_24h=self.metrics.ack_rate_24h(now),
             ack_rate_sla=self.ack_rate_sla,
@@ -773,32 +785,77 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             ack_latency_p95_ms=self.metrics.latency_p95(),
         )
 
-    def _flexibility(
+    def _vehicle_values_of(
+        self,
+        vehicle_id: str,
+        vehicle: Vehicle,
+        is_stale: bool,
+        setpoints: Mapping[str, float],
+        now: datetime,
+    ) -> tuple[Any, ...]:
+        """What the entities of one vehicle show (compared to skip unchanged ones)."""
+        fleet = self.fleet
+        stats = fleet.stats.get(vehicle_id)
+        discharged = fleet.energy_discharged_kwh.get(vehicle_id, 0.0)
+        forecast: float | None = None
+        if self.prediction is not None:
+            forecast = self.prediction.availability(vehicle_id, now)
+        manual = self._manual.get(vehicle_id)
+        return (
+            vehicle.is_v2g,
+            None if manual is None else manual[0],
+            is_stale,
+            vehicle.soc if vehicle_id in self._soc_known else None,
+            vehicle.available,
+            setpoints.get(vehicle_id, 0.0),
+            None if stats is None else stats.ack_rate,
+            None
+            if stats is None or stats.last_latency_ms is None
+            else round(stats.last_latency_ms, 3),
+            discharged,
+            fleet.energy_charged_kwh.get(vehicle_id, 0.0),
+            co2_avoided_g(discharged, self.emission_factor)
+            if self.emission_factor > 0
+            else 0.0,
+            forecast,
+        )
+
+    def _flexibility_steps(
         self, vehicles: Sequence[Vehicle], direction: float, now: datetime
-    ) -> float:
+    ) -> Steps[float]:
         """Power the live fleet could sustain for 15 min in one direction (kW).
 
         Only the safety rules apply (aFRR has no signal-type rule of its own).
         """
-        if not vehicles:
-            return 0.0
         probe = FlexibilitySignal(
             signal_type=SignalType.AFRR,
             power_kw=direction,
             duration_s=FLEXIBILITY_PROBE_S,
             start=now,
         )
-        eligibility = evaluate_eligibility(vehicles, probe, self.settings.safety, now)
-        return eligibility.total_capacity_kw
+        total = 0.0
+        for start in range(0, len(vehicles), STEP_SIZE):
+            yield
+            eligibility = evaluate_eligibility(
+                vehicles[start : start + STEP_SIZE], probe, self.settings.safety, now
+            )
+            total += eligibility.total_capacity_kw
+        return total
 
     @callback
     def async_update_now(self) -> None:
         """Publish a fresh snapshot to the entities right away."""
         self.async_set_updated_data(self._build_snapshot())
 
+    async def async_refresh_now(self) -> None:
+        """Publish a fresh snapshot, built in steps (the loop runs in between)."""
+        snapshot = await self._async_build_snapshot()
+        if not self._closing:
+            self.async_set_updated_data(snapshot)
+
     async def _async_refresh_snapshot(self) -> None:
         if not self._closing:
-            self.async_update_now()
+            await self.async_refresh_now()
 
     @callback
     def _schedule_snapshot(self) -> None:
@@ -908,14 +965,15 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
 
     # --- periodic work ----------------------------------------------------------------
 
-    @callback
-    def _async_housekeeping(self, now: datetime | None = None) -> None:
+    async def _async_housekeeping(self, now: datetime | None = None) -> None:
         """Refresh what changes with time: staleness, 24 h ack rate, energy."""
         for vehicle_id in self._entity_backed_live():
             self.fleet.touch(vehicle_id, self.runtime.monotonic())
         if self.in_flight.running:
             self._refresh_in_flight()
-        snapshot = self._build_snapshot()
+        snapshot = await self._async_build_snapshot()
+        if self._closing:
+            return
         if snapshot != self.data:
             self.async_set_updated_data(snapshot)
         self._schedule_save()
@@ -1337,10 +1395,10 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         if not dry_run:
             await self.in_flight.async_clear(request.dispatch_id)
         self._finish_dispatch(result)
-        # The new snapshot in a loop iteration of its own: recording and
-        # publishing 10,000 vehicles at once would block the loop for > 100 ms.
+        # The new snapshot in steps of their own: recording and publishing
+        # 10,000 vehicles at once would block the loop for > 100 ms.
         await asyncio.sleep(0)
-        self.async_update_now()
+        await self.async_refresh_now()
         return result
 
     def _build_request(
@@ -1408,7 +1466,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _finish_dispatch(self, result: DispatchResult) -> None:
         """Record a finished dispatch: log, bus event, outcome events (queued).
 
-        The entities follow with the next snapshot (`async_update_now`).
+        The entities follow with the next snapshot (`async_refresh_now`).
         """
         self._record_finished(result.as_response(), fire=True)
         self._fire_outcomes(result)
@@ -1451,7 +1509,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             await asyncio.sleep(DISCOVERY_WINDOW_S)
         finally:
             self._discovery_sessions.remove(session)
-        self.async_update_now()
+        await self.async_refresh_now()
         return list(session.values())
 
     # --- day-ahead plan ------------------------------------------------------------------

@@ -265,7 +265,7 @@ async def async_refresh_history_prediction(
         entry.title,
         lookback,
     )
-    coordinator.async_update_now()
+    await coordinator.async_refresh_now()
     return True
 
 

@@ -73,6 +73,7 @@ from .prediction import (
     parse_hourly_profile,
     soc_forecast,
 )
+from .steps import STEP_SIZE, Steps, async_run_steps, run_steps
 from .strategies import (
     DEFAULT_SEGMENTS,
     ZERO_WEIGHTS,
@@ -87,6 +88,7 @@ __all__ = [
     "DEFAULT_SEGMENTS",
     "MAX_GATEWAY_PAYLOAD_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "STEP_SIZE",
     "ZERO_WEIGHTS",
     "Ack",
     "AckDisposition",
@@ -128,11 +130,13 @@ __all__ = [
     "Setpoint",
     "SignalType",
     "StaticProfile",
+    "Steps",
     "Strategy",
     "Telemetry",
     "Vehicle",
     "VehicleStats",
     "allocate",
+    "async_run_steps",
     "co2_avoided_g",
     "decode_ack",
     "decode_gateway_acks",
@@ -151,6 +155,7 @@ __all__ = [
     "parse_hourly_profile",
     "plan_day_ahead",
     "reallocate",
+    "run_steps",
     "soc_forecast",
     "validate_vehicle_id",
     "vehicle_capacity",

@@ -16,7 +16,7 @@ integrated lazily: when the setpoint changes and when `accrue(now)` is called.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 import math
@@ -25,6 +25,7 @@ from typing import Any
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
 from .kpi import energy_kwh
 from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
+from .steps import STEP_SIZE, Steps, run_steps
 
 RELIABILITY_MIN = 0.1
 RELIABILITY_MAX = 1.0
@@ -126,6 +127,11 @@ class Setpoint:
             else isoformat_utc(self.expires_at),
             "accrued_until": isoformat_utc(self.accrued_until),
         }
+
+
+def _chunks[T](items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), STEP_SIZE):
+        yield items[start : start + STEP_SIZE]
 
 
 def _optional_float(value: Any) -> float | None:
@@ -368,13 +374,33 @@ class FleetState:
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-safe snapshot (monotonic `last_seen` is not kept)."""
+        return run_steps(self.as_dict_steps())
+
+    def as_dict_steps(self) -> Steps[dict[str, Any]]:
+        """`as_dict` in steps of at most `STEP_SIZE` vehicles (see `steps`).
+
+        What is walked is copied first: the fleet may change between two steps
+        (the result then mixes both moments, each vehicle consistent in itself).
+        """
+        vehicles: list[dict[str, Any]] = []
+        for vehicle_chunk in _chunks(list(self.vehicles.values())):
+            vehicles.extend(v.as_dict() for v in vehicle_chunk)
+            yield
+        setpoints: dict[str, Any] = {}
+        for setpoint_chunk in _chunks(list(self._setpoints.items())):
+            setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
+            yield
+        stats: dict[str, Any] = {}
+        for stats_chunk in _chunks(list(self.stats.items())):
+            stats.update((vid, st.as_dict()) for vid, st in stats_chunk)
+            yield
         return {
             "version": STATE_VERSION,
-            "vehicles": [v.as_dict() for v in self.vehicles.values()],
-            "setpoints": {vid: sp.as_dict() for vid, sp in self._setpoints.items()},
+            "vehicles": vehicles,
+            "setpoints": setpoints,
             "participation": dict(self.participation),
             "reliability": dict(self._reliability),
-            "stats": {vid: st.as_dict() for vid, st in self.stats.items()},
+            "stats": stats,
             "energy_discharged_kwh": dict(self.energy_discharged_kwh),
             "energy_charged_kwh": dict(self.energy_charged_kwh),
         }
