@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 import json
 import re
@@ -207,3 +208,22 @@ class FleetResponder:
     def payloads(self, topic: str) -> list[Any]:
         """Return the payloads published to one topic, in order."""
         return [payload for t, payload, *_ in self.publishes if t == topic]
+
+
+@contextmanager
+def loop_iterations(hass: HomeAssistant) -> Iterator[Callable[[], int]]:
+    """A counter of event-loop iterations (a callback that reschedules itself)."""
+    ticks = 0
+    running = True
+
+    def _tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if running:
+            hass.loop.call_soon(_tick)
+
+    hass.loop.call_soon(_tick)
+    try:
+        yield lambda: ticks
+    finally:
+        running = False

@@ -8,7 +8,7 @@ benchmark): an entity written without a visible change shows up as
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -37,7 +37,13 @@ from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
 from custom_components.v2g.coordinator import V2GFleetCoordinator
 from custom_components.v2g.entity import _VehicleEntityAdder
 
-from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .helpers import (
+    ENTRY_ID,
+    FleetResponder,
+    async_announce,
+    async_setup_fleet,
+    loop_iterations,
+)
 
 FAST = {CONF_ACK_TIMEOUT: 0.05}
 VEHICLES = [f"car{i:03d}" for i in range(1, 61)]
@@ -142,25 +148,6 @@ def _coordinator(hass: HomeAssistant) -> V2GFleetCoordinator:
     return coordinator
 
 
-@contextmanager
-def loop_iterations(hass: HomeAssistant) -> Iterator[Callable[[], int]]:
-    """A counter of event-loop iterations (a callback that reschedules itself)."""
-    ticks = 0
-    running = True
-
-    def _tick() -> None:
-        nonlocal ticks
-        ticks += 1
-        if running:
-            hass.loop.call_soon(_tick)
-
-    hass.loop.call_soon(_tick)
-    try:
-        yield lambda: ticks
-    finally:
-        running = False
-
-
 async def test_dispatch_writes_only_what_changed(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
@@ -234,6 +221,42 @@ async def test_vehicle_updates_are_chunked(
     assert sorted(v for chunk in chunks for v in chunk) == DISPATCHED
     assert len(chunks) == 7  # 50 vehicles, 8 per loop iteration
     assert max(len(chunk) for chunk in chunks) == 8
+
+
+async def test_fleet_snapshot_is_built_in_steps(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    """The snapshot after a dispatch walks the vehicles a chunk per iteration."""
+    await _fleet(hass)
+    FleetResponder(hass, fleet_mqtt)
+    coordinator = _coordinator(hass)
+    seen: dict[int, list[str]] = defaultdict(list)
+    original = coordinator._vehicle_values_of
+
+    with loop_iterations(hass) as iteration:
+
+        def spy(vehicle_id: str, *args: Any) -> tuple[Any, ...]:
+            seen[iteration()].append(vehicle_id)
+            return original(vehicle_id, *args)
+
+        with (
+            patch("custom_components.v2g.coordinator.STEP_SIZE", 7),
+            patch.object(coordinator, "_vehicle_values_of", spy),
+        ):
+            await _dispatch(hass, DISPATCHED, 50)
+
+    chunks = list(seen.values())
+    assert sorted(v for chunk in chunks for v in chunk) == VEHICLES
+    assert len(chunks) == 9  # 60 vehicles, 7 per loop iteration
+    assert max(len(chunk) for chunk in chunks) == 7
+    # What a snapshot built at once shows (energy aside: the clock runs).
+    at_once = coordinator._build_snapshot()
+    assert replace(coordinator.data, vehicles={}) == replace(at_once, vehicles={})
+    assert {
+        vid: (v.setpoint_kw, v.ack_rate) for vid, v in coordinator.data.vehicles.items()
+    } == {vid: (v.setpoint_kw, v.ack_rate) for vid, v in at_once.vehicles.items()}
+    assert coordinator.data.vehicles["car001"].setpoint_kw == 1.0
+    assert coordinator.data.vehicles["car051"].setpoint_kw == 0.0
 
 
 async def test_back_to_back_dispatches_fire_every_event(

@@ -21,7 +21,7 @@ from custom_components.v2g.transport import (
     gateway_template,
 )
 
-from .helpers import flush_subscriptions
+from .helpers import flush_subscriptions, loop_iterations
 
 
 def _order(vehicle_id: str, gateway: str | None = None, dispatch: str = "d1") -> Order:
@@ -173,3 +173,69 @@ async def test_subscribe_all_rolls_back(
     ):
         await async_subscribe_all(hass, [("a/+", Mock(), 0), ("b/+", Mock(), 0)])
     first.assert_called_once()
+
+
+async def test_publish_starts_a_chunk_per_loop_iteration(hass: HomeAssistant) -> None:
+    """A large batch never starts all its publish calls in one loop iteration."""
+    transport = MqttOrderTransport(
+        hass,
+        TopicTemplate("vehicle/{vehicle_id}/command"),
+        gateway_template("g/{gateway_id}/c"),
+        qos=1,
+    )
+    started_at: list[int] = []
+    orders = [_order(f"v{i}") for i in range(7)] + [_order("g", "gw")]
+    with loop_iterations(hass) as iteration:
+
+        async def publish(
+            hass: HomeAssistant, topic: str, payload: Any, qos: int, retain: bool
+        ) -> None:
+            started_at.append(iteration())
+            await asyncio.sleep(0)
+
+        with (
+            patch("custom_components.v2g.transport.PUBLISH_CHUNK", 3),
+            patch("custom_components.v2g.transport.mqtt.async_publish", publish),
+        ):
+            results = await transport.publish(orders)
+    assert results == [None] * 8
+    assert transport.published == 8
+    assert len(started_at) == 8  # 7 vehicle orders + 1 gateway batch
+    per_iteration = {i: started_at.count(i) for i in set(started_at)}
+    assert sorted(per_iteration.values()) == [2, 3, 3]
+
+
+async def test_publish_cancelled_between_chunks_cancels_started_calls(
+    hass: HomeAssistant,
+) -> None:
+    transport = MqttOrderTransport(
+        hass,
+        TopicTemplate("vehicle/{vehicle_id}/command"),
+        gateway_template("g/{gateway_id}/c"),
+        qos=1,
+    )
+    waiting: list[asyncio.Future[None]] = []
+    first_chunk_started = asyncio.Event()
+
+    async def publish(
+        hass: HomeAssistant, topic: str, payload: Any, qos: int, retain: bool
+    ) -> None:
+        future: asyncio.Future[None] = hass.loop.create_future()
+        waiting.append(future)
+        if len(waiting) == 2:
+            first_chunk_started.set()
+        await future
+
+    with (
+        patch("custom_components.v2g.transport.PUBLISH_CHUNK", 2),
+        patch("custom_components.v2g.transport.mqtt.async_publish", publish),
+    ):
+        task = hass.async_create_task(
+            transport.publish([_order(f"v{i}") for i in range(6)])
+        )
+        await first_chunk_started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(waiting) < 6
+    assert all(future.cancelled() for future in waiting)

@@ -1394,7 +1394,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 self._dispatch_tasks.discard(task)
         if not dry_run:
             await self.in_flight.async_clear(request.dispatch_id)
-        self._finish_dispatch(result)
+        await self._async_finish_dispatch(result)
         # The new snapshot in steps of their own: recording and publishing
         # 10,000 vehicles at once would block the loop for > 100 ms.
         await asyncio.sleep(0)
@@ -1463,12 +1463,13 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 translation_key="subscription_not_confirmed",
             ) from err
 
-    def _finish_dispatch(self, result: DispatchResult) -> None:
+    async def _async_finish_dispatch(self, result: DispatchResult) -> None:
         """Record a finished dispatch: log, bus event, outcome events (queued).
 
         The entities follow with the next snapshot (`async_refresh_now`).
         """
         self._record_finished(result.as_response(), fire=True)
+        await asyncio.sleep(0)  # 10,000 orders: two steps of ~15 ms
         self._fire_outcomes(result)
         self._schedule_save()
 

@@ -730,3 +730,60 @@ async def test_silent_vehicles_are_excluded_as_unavailable() -> None:
     assert harness.fleet.vehicles["v1"].available
     with pytest.raises(InvalidValueError, match="stale_timeout_s"):
         DispatchSettings(stale_timeout_s=0.0)
+
+
+async def test_listed_in_flight_until_the_fleet_has_learned() -> None:
+    """A stop while the result is being recorded loses no acknowledged order."""
+    harness = Harness(two_vehicles())
+    at_learning: list[list[dict[str, object]]] = []
+    original = harness.engine._update_fleet
+
+    def spy(result: DispatchResult) -> None:
+        at_learning.append(harness.engine.pending_dispatches())
+        original(result)
+
+    harness.engine._update_fleet = spy  # type: ignore[method-assign]
+    result = await harness.dispatch(20.0)
+    assert result.status is DispatchStatus.COMPLETED
+    [records] = at_learning
+    assert [r["dispatch_id"] for r in records] == [result.dispatch_id]
+    statuses = {vid: o["status"] for vid, o in records[0]["vehicles"].items()}
+    assert statuses == {"v1": "acknowledged", "v2": "acknowledged"}
+    assert harness.engine.pending_dispatches() == []
+
+
+async def test_chunked_walks_give_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Orders and outcomes built a chunk at a time: same dispatch, loop in between."""
+    fleet = [make_vehicle(f"v{i}") for i in range(7)]
+    rules = {"v3": Rule(action="reject", reason="busy")}
+
+    async def run(step_size: int) -> tuple[dict[str, object], int, list[Order]]:
+        monkeypatch.setattr("custom_components.v2g.engine.steps.STEP_SIZE", step_size)
+        harness = Harness(fleet, rules)
+        iterations = 0
+        running = True
+
+        def tick() -> None:
+            nonlocal iterations
+            iterations += 1
+            if running:
+                asyncio.get_running_loop().call_soon(tick)
+
+        asyncio.get_running_loop().call_soon(tick)
+        result = await harness.dispatch(50.0, dispatch_id="d-chunks")
+        running = False
+        orders = [order for call in harness.transport.calls for order in call]
+        return result.as_response(), iterations, orders
+
+    whole, whole_iterations, whole_orders = await run(1_000)
+    chunked, chunked_iterations, chunked_orders = await run(2)
+    for response in (whole, chunked):
+        response.pop("started_at")
+        response.pop("completed_at")
+    assert chunked == whole
+    assert chunked_orders == whole_orders
+    # One shared timestamp and expiry for the orders of a round.
+    assert len({(o.timestamp_ms, o.expires_at_ms) for o in chunked_orders[:7]}) == 1
+    assert chunked_iterations > whole_iterations

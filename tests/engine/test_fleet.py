@@ -8,10 +8,12 @@ import json
 import pytest
 
 from custom_components.v2g.engine import (
+    STEP_SIZE,
     FleetState,
     InvalidValueError,
     OrderStatus,
     Telemetry,
+    run_steps,
 )
 from custom_components.v2g.engine.fleet import RELIABILITY_MIN
 
@@ -237,3 +239,30 @@ def test_from_dict_drops_data_of_unknown_vehicles() -> None:
     )
     assert restored.participation == {}
     assert restored.reliability("v1") == 1.0
+
+
+def test_as_dict_steps_yield_per_chunk_and_tolerate_changes() -> None:
+    """The saved form is built a chunk of vehicles at a time (`steps.STEP_SIZE`)."""
+    ids = [f"v{i:04}" for i in range(2 * STEP_SIZE + 1)]
+    fleet = fleet_with(*ids)
+    for vehicle_id in ids[:STEP_SIZE]:
+        fleet.record_outcome(vehicle_id, OrderStatus.ACKNOWLEDGED, 2.0, 5.0, START)
+    steps = fleet.as_dict_steps()
+    next(steps)  # the first chunk of vehicles is done
+    # The fleet changes between two steps: no error, the listed vehicles are saved.
+    fleet.upsert(make_vehicle("late"), 0.0)
+    fleet.remove(ids[-1])
+    yields = 1
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            data = done.value
+            break
+        yields += 1
+    # 3 chunks of vehicles, 1 of setpoints, 1 of stats.
+    assert yields == 5
+    assert [v["vehicle_id"] for v in data["vehicles"]] == ids
+    assert len(data["setpoints"]) == len(data["stats"]) == STEP_SIZE
+    assert run_steps(fleet.as_dict_steps()) == fleet.as_dict()
+    assert "late" in {v["vehicle_id"] for v in fleet.as_dict()["vehicles"]}

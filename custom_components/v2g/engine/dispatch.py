@@ -47,6 +47,7 @@ from .models import (
     isoformat_utc,
 )
 from .prediction import PredictionEngine
+from .steps import async_chunks
 from .strategies import (
     DEFAULT_SEGMENTS,
     Allocation,
@@ -643,9 +644,11 @@ class DispatchEngine:
         request: DispatchRequest,
         powers: Mapping[str, float],
         vehicles: Mapping[str, Vehicle],
+        timestamp_ms: int | None = None,
     ) -> list[Order]:
         signal = request.signal
-        timestamp_ms = int(self.runtime.now().timestamp() * 1000)
+        if timestamp_ms is None:
+            timestamp_ms = int(self.runtime.now().timestamp() * 1000)
         ttl_s = self.settings.order_ttl_s or signal.duration_s
         expires_ms = timestamp_ms + int(ttl_s * 1000)
         return [
@@ -825,6 +828,7 @@ class DispatchEngine:
             )
             excluded = eligibility.excluded
             candidates = self._predict(eligibility.candidates, signal)
+            await _yield_to_loop()
             allocation = allocate(
                 strategy,
                 candidates,
@@ -837,9 +841,11 @@ class DispatchEngine:
             )
             powers = allocation.assignments
         by_id = {v.vehicle_id: v for v in vehicles}
-        if not request.dry_run:
-            await _yield_to_loop()
-        orders = self._make_orders(request, powers, by_id)
+        # Every order of a round carries the same timestamp (and expiry).
+        timestamp_ms = int(runtime.now().timestamp() * 1000)
+        orders: list[Order] = []
+        async for chunk in async_chunks(list(powers.items())):
+            orders.extend(self._make_orders(request, dict(chunk), by_id, timestamp_ms))
         flight = _InFlight(
             request, strategy, started_at, started_mono, excluded, allocation.scores
         )
@@ -884,8 +890,16 @@ class DispatchEngine:
                     second = await self._run_round(
                         flight, OrderRound.FALLBACK, fallback_orders
                     )
+            result = await self._async_result(
+                request, strategy, allocation, excluded, flight, first, second
+            )
+            # The outcomes of 10,000 orders and learning from them: two steps.
+            await _yield_to_loop()
+            self._update_fleet(result)
         finally:
             del self._inflight[request.dispatch_id]
+            # Until here the dispatch is listed in flight: a stop of Home
+            # Assistant records it as interrupted with everything it knows.
             # Only does something if this task was cancelled mid-way.
             self.tracker.forget(
                 entry.order.command_id
@@ -894,31 +908,55 @@ class DispatchEngine:
                 if entry.status is OrderStatus.PENDING
             )
 
+        return result
+
+    async def _async_result(
+        self,
+        request: DispatchRequest,
+        strategy: Strategy,
+        allocation: Allocation,
+        excluded: dict[str, ExclusionReason],
+        flight: _InFlight,
+        first: Sequence[PendingOrder],
+        second: Sequence[PendingOrder],
+    ) -> DispatchResult:
+        """The result of a dispatch whose rounds are over."""
+        signal = request.signal
         scores = allocation.scores
-        initial = {
-            e.order.vehicle_id: self._outcome(
-                e, OrderRound.INITIAL, scores.get(e.order.vehicle_id), flight
+        initial: dict[str, OrderOutcome] = {}
+        async for chunk in async_chunks(first):
+            initial.update(
+                (
+                    e.order.vehicle_id,
+                    self._outcome(
+                        e, OrderRound.INITIAL, scores.get(e.order.vehicle_id), flight
+                    ),
+                )
+                for e in chunk
             )
-            for e in first
-        }
-        fallback = {
-            e.order.vehicle_id: self._outcome(e, OrderRound.FALLBACK, None, flight)
-            for e in second
-        }
+        fallback: dict[str, OrderOutcome] = {}
+        async for chunk in async_chunks(second):
+            fallback.update(
+                (
+                    e.order.vehicle_id,
+                    self._outcome(e, OrderRound.FALLBACK, None, flight),
+                )
+                for e in chunk
+            )
         assigned, acknowledged, sent, acked = _summarise(
             initial.values(), fallback.values()
         )
-        result = DispatchResult(
+        if first:
+            status = _status(signal.power_kw, assigned, acknowledged, len(first), acked)
+        elif signal.power_kw == 0.0:
+            status = DispatchStatus.COMPLETED
+        else:
+            status = DispatchStatus.FAILED
+        return DispatchResult(
             dispatch_id=request.dispatch_id,
             signal=signal,
             strategy=strategy,
-            status=_status(signal.power_kw, assigned, acknowledged, len(orders), acked)
-            if orders
-            else (
-                DispatchStatus.COMPLETED
-                if signal.power_kw == 0.0
-                else DispatchStatus.FAILED
-            ),
+            status=status,
             requested_kw=signal.power_kw,
             assigned_kw=assigned,
             acknowledged_kw=acknowledged,
@@ -926,15 +964,13 @@ class DispatchEngine:
             vehicles=initial,
             fallback=fallback,
             excluded=excluded,
-            started_at=started_at,
-            completed_at=runtime.now(),
+            started_at=flight.started_at,
+            completed_at=self.runtime.now(),
             scores=scores,
             shortfall_kw=allocation.shortfall_kw,
             orders_published=sent,
             orders_acknowledged=acked,
         )
-        self._update_fleet(result)
-        return result
 
     def _update_fleet(self, result: DispatchResult) -> None:
         self._learn(result.outcomes, result.completed_at)

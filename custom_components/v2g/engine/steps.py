@@ -4,13 +4,14 @@ A *steps* function is a generator that does a bounded chunk of work (at most
 `STEP_SIZE` vehicles) between two ``yield``s and returns its result. Run to the
 end at once with `run_steps`, or with `async_run_steps`, which lets the event
 loop run other callbacks between two chunks: a walk over 10,000 vehicles then
-never holds the loop for more than a few milliseconds at a time.
+never holds the loop for more than a few milliseconds at a time. Async code
+walks a long sequence with `async_chunks` for the same effect.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator, Sequence
 
 # Vehicles handled between two yields (a few milliseconds of work).
 STEP_SIZE = 1_000
@@ -35,3 +36,11 @@ async def async_run_steps[T](steps: Steps[T]) -> T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         await asyncio.sleep(0)
+
+
+async def async_chunks[T](items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
+    """`items` a chunk of `STEP_SIZE` at a time, the event loop running in between."""
+    for start in range(0, len(items), STEP_SIZE):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start : start + STEP_SIZE]
