@@ -52,6 +52,10 @@ class Responder:
             client_id=f"bench-responder-{port}",
             protocol=mqtt.MQTTv311,
         )
+        # Like the fleet simulator (which answers the integration): no cap on the
+        # acks in flight, so the responder is never what the floors measure.
+        self.client.max_inflight_messages_set(0)
+        self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

@@ -240,7 +240,7 @@ async def test_fleet_snapshot_is_built_in_steps(
             return original(vehicle_id, *args)
 
         with (
-            patch("custom_components.v2g.coordinator.STEP_SIZE", 7),
+            patch("custom_components.v2g.engine.steps.STEP_SIZE", 7),
             patch.object(coordinator, "_vehicle_values_of", spy),
         ):
             await _dispatch(hass, DISPATCHED, 50)

@@ -98,7 +98,6 @@ from .const import (
     TELEMETRY_PUSH,
 )
 from .engine import (
-    STEP_SIZE,
     DispatchEngine,
     DispatchRequest,
     DispatchResult,
@@ -119,6 +118,7 @@ from .engine import (
     Strategy,
     Vehicle,
     async_run_steps,
+    chunks,
     co2_avoided_g,
     decode_telemetry,
     decode_vehicle,
@@ -698,12 +698,11 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         fleet_data = yield from self.fleet.as_dict_steps()
         now_mono = self.runtime.monotonic()
         utcnow = dt_util.utcnow()
-        seen_items = list(self.fleet.last_seen.items())
         last_seen: dict[str, str] = {}
-        for start in range(0, len(seen_items), STEP_SIZE):
+        for chunk in chunks(list(self.fleet.last_seen.items())):
             last_seen.update(
                 (vehicle_id, (utcnow - timedelta(seconds=now_mono - seen)).isoformat())
-                for vehicle_id, seen in seen_items[start : start + STEP_SIZE]
+                for vehicle_id, seen in chunk
             )
             yield
         return {
@@ -745,11 +744,8 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         live: list[Vehicle] = []
         cache = self._vehicle_values
         new_cache: dict[str, tuple[tuple[Any, ...], VehicleSnapshot]] = {}
-        items = list(fleet.vehicles.items())
-        for start in range(0, len(items), STEP_SIZE):
-            if start:
-                yield
-            for vehicle_id, vehicle in items[start : start + STEP_SIZE]:
+        for chunk in chunks(list(fleet.vehicles.items())):
+            for vehicle_id, vehicle in chunk:
                 is_stale = vehicle_id in stale
                 if not is_stale:
                     live.append(vehicle)
@@ -761,6 +757,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                     cached = (values, _vehicle_snapshot(vehicle_id, values))
                 new_cache[vehicle_id] = cached
                 vehicles[vehicle_id] = cached[1]
+            yield
         self._vehicle_values = new_cache
         flexibility_up = yield from self._flexibility_steps(live, 1.0, now)
         flexibility_down = yield from self._flexibility_steps(live, -1.0, now)
@@ -834,12 +831,10 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             start=now,
         )
         total = 0.0
-        for start in range(0, len(vehicles), STEP_SIZE):
-            yield
-            eligibility = evaluate_eligibility(
-                vehicles[start : start + STEP_SIZE], probe, self.settings.safety, now
-            )
+        for chunk in chunks(vehicles):
+            eligibility = evaluate_eligibility(chunk, probe, self.settings.safety, now)
             total += eligibility.total_capacity_kw
+            yield
         return total
 
     @callback

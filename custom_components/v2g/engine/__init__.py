@@ -73,7 +73,7 @@ from .prediction import (
     parse_hourly_profile,
     soc_forecast,
 )
-from .steps import STEP_SIZE, Steps, async_run_steps, run_steps
+from .steps import STEP_SIZE, Steps, async_chunks, async_run_steps, chunks, run_steps
 from .strategies import (
     DEFAULT_SEGMENTS,
     ZERO_WEIGHTS,
@@ -136,7 +136,9 @@ __all__ = [
     "Vehicle",
     "VehicleStats",
     "allocate",
+    "async_chunks",
     "async_run_steps",
+    "chunks",
     "co2_avoided_g",
     "decode_ack",
     "decode_gateway_acks",

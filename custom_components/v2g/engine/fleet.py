@@ -16,7 +16,7 @@ integrated lazily: when the setpoint changes and when `accrue(now)` is called.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 import math
@@ -25,7 +25,7 @@ from typing import Any
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
 from .kpi import energy_kwh
 from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
-from .steps import STEP_SIZE, Steps, run_steps
+from .steps import Steps, chunks, run_steps
 
 RELIABILITY_MIN = 0.1
 RELIABILITY_MAX = 1.0
@@ -127,11 +127,6 @@ class Setpoint:
             else isoformat_utc(self.expires_at),
             "accrued_until": isoformat_utc(self.accrued_until),
         }
-
-
-def _chunks[T](items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), STEP_SIZE):
-        yield items[start : start + STEP_SIZE]
 
 
 def _optional_float(value: Any) -> float | None:
@@ -383,15 +378,15 @@ class FleetState:
         (the result then mixes both moments, each vehicle consistent in itself).
         """
         vehicles: list[dict[str, Any]] = []
-        for vehicle_chunk in _chunks(list(self.vehicles.values())):
+        for vehicle_chunk in chunks(list(self.vehicles.values())):
             vehicles.extend(v.as_dict() for v in vehicle_chunk)
             yield
         setpoints: dict[str, Any] = {}
-        for setpoint_chunk in _chunks(list(self._setpoints.items())):
+        for setpoint_chunk in chunks(list(self._setpoints.items())):
             setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
             yield
         stats: dict[str, Any] = {}
-        for stats_chunk in _chunks(list(self.stats.items())):
+        for stats_chunk in chunks(list(self.stats.items())):
             stats.update((vid, st.as_dict()) for vid, st in stats_chunk)
             yield
         return {

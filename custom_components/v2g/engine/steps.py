@@ -11,7 +11,7 @@ walks a long sequence with `async_chunks` for the same effect.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 
 # Vehicles handled between two yields (a few milliseconds of work).
 STEP_SIZE = 1_000
@@ -36,6 +36,12 @@ async def async_run_steps[T](steps: Steps[T]) -> T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         await asyncio.sleep(0)
+
+
+def chunks[T](items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` a chunk of at most `STEP_SIZE` at a time (a steps function yields after each)."""
+    for start in range(0, len(items), STEP_SIZE):
+        yield items[start : start + STEP_SIZE]
 
 
 async def async_chunks[T](items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
