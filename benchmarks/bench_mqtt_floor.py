@@ -1,8 +1,9 @@
 """MQTT floors: what N orders and their N acks cost without the integration.
 
-* **HA floor** — N orders published with ``mqtt.async_publish`` (QoS 1, all in
-  flight at once, as the integration's transport does) and N acks received through
-  one ``mqtt.async_subscribe`` wildcard whose handler only counts; timed from the
+* **HA floor** — N orders published with ``mqtt.async_publish`` (QoS 1, started
+  ``PUBLISH_CHUNK`` per loop iteration as the integration's transport does, or all
+  in one iteration with ``chunk=None``) and N acks received through one
+  ``mqtt.async_subscribe`` wildcard whose handler only counts; timed from the
   first publish until every publish is confirmed and every ack received.
 * **bare paho** — the same N orders and N acks through a plain paho client (its
   own network thread, one message per vehicle, paho's defaults).
@@ -29,6 +30,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from custom_components.v2g.transport import PUBLISH_CHUNK
 
 from .harness import HarnessError, LoopBlockMonitor, vehicle_ids
 
@@ -67,6 +70,9 @@ class FloorRun:
     max_gc_ms: float | None = None
     gc_total_ms: float | None = None
     background_writes: int = 0
+    # The same orders all started in one loop iteration (HA floor only).
+    burst_seconds: float | None = None
+    burst_max_block_ms: float | None = None
 
 
 class HaFloor:
@@ -107,9 +113,17 @@ class HaFloor:
             self._done.set_result(None)
 
     async def async_run(
-        self, count: int, *, monitor_block: bool = False, limit_s: float = 300.0
+        self,
+        count: int,
+        *,
+        monitor_block: bool = False,
+        limit_s: float = 300.0,
+        chunk: int | None = PUBLISH_CHUNK,
     ) -> FloorRun:
-        """Publish ``count`` orders, wait for every PUBACK and every ack."""
+        """Publish ``count`` orders, wait for every PUBACK and every ack.
+
+        ``chunk`` publish calls start per loop iteration (None: all at once).
+        """
         messages = order_messages(count)
         loop = asyncio.get_running_loop()
         self._received = 0
@@ -122,12 +136,19 @@ class HaFloor:
             await monitor.__aenter__()
         try:
             started = time.perf_counter()
-            publishes = [
-                asyncio.ensure_future(
-                    ha_mqtt.async_publish(hass, topic, payload, qos=qos, retain=False)
+            step = chunk or len(messages) or 1
+            publishes: list[asyncio.Future[None]] = []
+            for start in range(0, len(messages), step):
+                if start:
+                    await asyncio.sleep(0)
+                publishes.extend(
+                    asyncio.ensure_future(
+                        ha_mqtt.async_publish(
+                            hass, topic, payload, qos=qos, retain=False
+                        )
+                    )
+                    for topic, payload in messages[start : start + step]
                 )
-                for topic, payload in messages
-            ]
             async with asyncio.timeout(limit_s):
                 await asyncio.gather(*publishes)
                 await self._done

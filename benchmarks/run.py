@@ -384,6 +384,13 @@ def _finish_row(
         row["floor_runs_with_background_writes"] = sum(
             1 for floor in floors if getattr(floor, "background_writes", 0)
         )
+        bursts = [f.burst_seconds for f in floors if f.burst_seconds is not None]
+        if bursts:
+            row["ha_floor_burst_runs_s"] = [round(b, 4) for b in bursts]
+            row["ha_floor_burst_s"] = median(bursts)
+            row["floor_burst_max_block_ms"] = max(
+                f.burst_max_block_ms or 0.0 for f in floors
+            )
         totals = [f.gc_total_ms for f in floors if f.gc_total_ms is not None]
         if totals:
             row["floor_gc_total_ms"] = median(totals)
@@ -476,8 +483,18 @@ async def run_hass_sections(
             return replace(floor, background_writes=counter.writes)
 
         async def _ha_floor(size: int) -> Any:
-            return await _quiet_floor(
+            floor = await _quiet_floor(
                 size, lambda: ha_floor.async_run(size, monitor_block=True)
+            )
+            # For reference: the same orders all started in one loop iteration.
+            await _settle(hass)
+            burst = await _quiet_floor(
+                size, lambda: ha_floor.async_run(size, monitor_block=True, chunk=None)
+            )
+            return replace(
+                floor,
+                burst_seconds=burst.seconds,
+                burst_max_block_ms=burst.max_block_ms,
             )
 
         async def _paho_floor(size: int) -> Any:

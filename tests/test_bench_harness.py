@@ -64,7 +64,14 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     (per_vehicle,) = results["per_vehicle"]
     assert per_vehicle["vehicles"] == QUICK_SIZE
     assert per_vehicle["all_acknowledged"] is True, per_vehicle
-    _positive(per_vehicle, "integration_s", "ha_floor_s", "ratio", "entities")
+    _positive(
+        per_vehicle,
+        "integration_s",
+        "ha_floor_s",
+        "ha_floor_burst_s",
+        "ratio",
+        "entities",
+    )
     assert per_vehicle["orders"] == QUICK_SIZE
     assert per_vehicle["max_block_ms"] >= 0
     assert per_vehicle["state_writes"] >= 0

@@ -42,6 +42,7 @@ from custom_components.v2g.const import (
     MAX_VEHICLE_PAYLOAD_BYTES,
 )
 from custom_components.v2g.coordinator import DispatchMetrics, HassRuntime
+from custom_components.v2g.engine import MAX_GATEWAY_PAYLOAD_BYTES
 
 from .helpers import (
     ENTRY_ID,
@@ -141,6 +142,7 @@ async def test_bad_input_is_counted_and_logged_once(
         ("vehicle/v1/ack", json.dumps({"command_id": "never-sent"})),
         ("v2g/gateway/gw1/acks", "[]"),
         ("v2g/gateway/gw1/acks", json.dumps({"acks": [{"command_id": 1}]})),
+        ("v2g/gateway/gw1/acks", "x" * (MAX_GATEWAY_PAYLOAD_BYTES + 1)),
         ("v2g/fleet/response/v9", "nope"),
         ("v2g/fleet/response/v9", huge),
         ("v2g/fleet/response/v9", vehicle_payload("other")),
@@ -157,6 +159,7 @@ async def test_bad_input_is_counted_and_logged_once(
         "ack_malformed": 2,
         "ack_oversize": 1,
         "gateway_ack_malformed": 1,
+        "gateway_ack_oversize": 1,
         "discovery_malformed": 2,
         "discovery_oversize": 1,
         "telemetry_malformed": 2,

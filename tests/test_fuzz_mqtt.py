@@ -52,11 +52,10 @@ from custom_components.v2g.const import (
     CONF_FALLBACK,
     CONF_TELEMETRY_MODE,
     DOMAIN,
-    MAX_GATEWAY_PAYLOAD_BYTES,
     MAX_VEHICLE_PAYLOAD_BYTES,
 )
 from custom_components.v2g.coordinator import V2GFleetCoordinator
-from custom_components.v2g.engine import AckDisposition
+from custom_components.v2g.engine import MAX_GATEWAY_PAYLOAD_BYTES, AckDisposition
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 

@@ -125,9 +125,9 @@ EVENT_DISPATCH_COMPLETED: Final = "v2g_dispatch_completed"
 STORAGE_VERSION: Final = 1
 DISPATCH_LOG_MAX_ENTRIES: Final = 1000
 DISCOVERY_WINDOW_S: Final = 2.0
-# Largest MQTT payload accepted from a vehicle (a gateway ack batch may be larger).
+# Largest MQTT payload accepted from a vehicle; a gateway ack batch may be larger,
+# up to the engine codec's MAX_GATEWAY_PAYLOAD_BYTES (4 MiB).
 MAX_VEHICLE_PAYLOAD_BYTES: Final = 16 * 1024
-MAX_GATEWAY_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
 
 # --- Config flow choices and limits (config_flow.py) ------------------------------
 STRATEGIES: Final = ("equal", "smart", "optimal", "segmented")

@@ -89,7 +89,6 @@ from .const import (
     DOMAIN,
     EVENT_DISPATCH_COMPLETED,
     LOGGER,
-    MAX_GATEWAY_PAYLOAD_BYTES,
     MAX_VEHICLE_PAYLOAD_BYTES,
     PREDICTION_HISTORY,
     PREDICTION_STATIC,
@@ -98,6 +97,7 @@ from .const import (
     TELEMETRY_PUSH,
 )
 from .engine import (
+    MAX_GATEWAY_PAYLOAD_BYTES,
     DispatchEngine,
     DispatchRequest,
     DispatchResult,
