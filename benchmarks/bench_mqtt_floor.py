@@ -5,20 +5,29 @@
   in one iteration with ``chunk=None``) and N acks received through one
   ``mqtt.async_subscribe`` wildcard whose handler only counts; timed from the
   first publish until every publish is confirmed and every ack received.
-* **bare paho** — the same N orders and N acks through a plain paho client (its
-  own network thread, one message per vehicle, paho's defaults).
+* **bare paho** — the same N orders and N acks through a plain paho client (one
+  message per vehicle, paho's defaults) in a process of its own
+  (:class:`PahoFloorProcess` runs ``python -m benchmarks.bench_mqtt_floor``), so it
+  never shares the GIL with Home Assistant.
 
 Both use ``floor/<id>/command`` / ``floor/<id>/ack`` (same depth as the default
 vehicle topics, so a V2G entry loaded in the same Home Assistant never sees them)
-and the same out-of-process responder (``benchmarks/responder.py``). Orders are
-built before the clock starts: the floor is the messaging cost only.
+and the same peer: a fleet simulator run exactly like the one that answers the
+integration (``harness.floor_peer_process``). Orders are built before the clock
+starts: the floor is the messaging cost only.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+from collections.abc import Sequence
+import contextlib
 from dataclasses import dataclass
 import json
+from pathlib import Path
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -33,18 +42,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from custom_components.v2g.transport import PUBLISH_CHUNK
 
-from .harness import HarnessError, LoopBlockMonitor, vehicle_ids
+from .harness import HarnessError, LoopBlockMonitor, floor_vehicle_ids
 
 COMMAND_TEMPLATE = "floor/{vehicle_id}/command"
 ACK_FILTER = "floor/+/ack"
 
 
-def order_messages(count: int, prefix: str = "fl") -> list[tuple[str, str]]:
-    """(topic, payload) of ``count`` orders shaped like DESIGN §3 orders."""
+def order_messages(count: int, fleet_size: int) -> list[tuple[str, str]]:
+    """(topic, payload) of ``count`` DESIGN §3 orders to the floor peer's vehicles."""
     now_ms = int(time.time() * 1000)
     dispatch_id = str(uuid.uuid4())
     messages: list[tuple[str, str]] = []
-    for vehicle_id in vehicle_ids(count, prefix):
+    for vehicle_id in floor_vehicle_ids(count, fleet_size):
         payload = {
             "command_id": str(uuid.uuid4()),
             "vehicle_id": vehicle_id,
@@ -78,9 +87,13 @@ class FloorRun:
 class HaFloor:
     """N orders + N acks through Home Assistant's MQTT API with a counting handler."""
 
-    def __init__(self, hass: HomeAssistant, qos: int = 1) -> None:
-        """Prepare (call :meth:`async_setup` before running)."""
+    def __init__(self, hass: HomeAssistant, fleet_size: int, qos: int = 1) -> None:
+        """Prepare (call :meth:`async_setup` before running).
+
+        ``fleet_size``: the vehicles of the floor peer (runs order at most these).
+        """
         self.hass = hass
+        self.fleet_size = fleet_size
         self.qos = qos
         self._received = 0
         self._expected = 0
@@ -124,7 +137,7 @@ class HaFloor:
 
         ``chunk`` publish calls start per loop iteration (None: all at once).
         """
-        messages = order_messages(count)
+        messages = order_messages(count, self.fleet_size)
         loop = asyncio.get_running_loop()
         self._received = 0
         self._expected = count
@@ -176,9 +189,12 @@ class HaFloor:
 class PahoFloor:
     """N orders + N acks through a bare paho client (its own network thread)."""
 
-    def __init__(self, port: int, qos: int = 1, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, fleet_size: int, qos: int = 1, host: str = "127.0.0.1"
+    ) -> None:
         """Prepare the client (connect with :meth:`start`)."""
         self.port = port
+        self.fleet_size = fleet_size
         self.host = host
         self.qos = qos
         self._received = 0
@@ -232,7 +248,7 @@ class PahoFloor:
 
     def run(self, count: int, timeout: float = 300.0) -> FloorRun:
         """Publish ``count`` orders; wait for every PUBACK and every ack."""
-        messages = order_messages(count)
+        messages = order_messages(count, self.fleet_size)
         with self._lock:
             self._received = 0
             self._expected = count
@@ -254,3 +270,106 @@ class PahoFloor:
         """Disconnect and stop the network thread."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class PahoFloorProcess:
+    """:class:`PahoFloor` in its own process: one line in (N), one JSON line out.
+
+    The child prints ``ready`` once its ack subscription is confirmed, then for
+    each line ``N`` on its standard input runs ``PahoFloor.run(N)`` and prints
+    ``{"seconds": s}`` (or ``{"error": text}``); it exits at end of input.
+    """
+
+    def __init__(self, port: int, fleet_size: int, log_path: Path) -> None:
+        """Prepare (start with :meth:`start`)."""
+        self.port = port
+        self.fleet_size = fleet_size
+        self.log_path = log_path
+        self._process: subprocess.Popen[str] | None = None
+        self._log: Any = None
+
+    def start(self) -> None:
+        """Start the child and wait until it is ready (blocking)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_mqtt_floor",
+                "--port",
+                str(self.port),
+                "--fleet-size",
+                str(self.fleet_size),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=Path(__file__).resolve().parent.parent,
+            text=True,
+            bufsize=1,
+        )
+        if self._readline() != "ready":
+            raise HarnessError(f"paho floor process not ready (see {self.log_path})")
+
+    def _readline(self) -> str:
+        assert self._process is not None and self._process.stdout is not None
+        return self._process.stdout.readline().strip()
+
+    def run(self, count: int) -> FloorRun:
+        """One measured run in the child (blocking; call from a thread)."""
+        process = self._process
+        if process is None or process.stdin is None:
+            raise HarnessError("paho floor process not started")
+        process.stdin.write(f"{count}\n")
+        process.stdin.flush()
+        line = self._readline()
+        try:
+            answer = json.loads(line)
+        except ValueError as err:
+            raise HarnessError(f"paho floor process answered {line!r}") from err
+        if "error" in answer:
+            raise HarnessError(f"paho floor: {answer['error']}")
+        return FloorRun(float(answer["seconds"]))
+
+    def stop(self) -> None:
+        """End the child's input; terminate it if it does not exit."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child of :class:`PahoFloorProcess`."""
+    parser = argparse.ArgumentParser(description=PahoFloorProcess.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fleet-size", type=int, required=True)
+    args = parser.parse_args(argv)
+    floor = PahoFloor(args.port, args.fleet_size)
+    floor.start()
+    print("ready", flush=True)
+    try:
+        for line in sys.stdin:
+            try:
+                run = floor.run(int(line))
+            except (HarnessError, ValueError) as err:
+                print(json.dumps({"error": str(err)}), flush=True)
+            else:
+                print(json.dumps({"seconds": run.seconds}), flush=True)
+    finally:
+        floor.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

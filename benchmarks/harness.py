@@ -3,8 +3,9 @@
 * :class:`Broker` starts mosquitto on a free 127.0.0.1 port (through the test
   suite's ``tests/mqtt_broker.py`` when it provides a starter, else a local one);
   queued QoS-1 messages are not capped, so a 10,000-message burst is never dropped.
-* :class:`HelperProcess` runs a helper (the bare paho responder, the fleet
-  simulator) as its own process, so it does not share the GIL with Home Assistant.
+* :class:`HelperProcess` runs a helper (the fleet simulators: the integration's
+  and the floors' peer) as its own process, so it does not share the GIL with
+  Home Assistant.
 * :class:`HassHarness` boots a real Home Assistant in this process
   (``bootstrap.async_setup_hass`` with a temporary config folder, our integration
   linked in), creates the MQTT entry through its config flow and V2G entries
@@ -117,7 +118,7 @@ def mosquitto_version() -> str:
 # --- helper processes ----------------------------------------------------------------
 @dataclass(eq=False)
 class HelperProcess:
-    """A helper process (responder, simulator) with its output in a log file.
+    """A helper process (a fleet simulator) with its output in a log file.
 
     ``ready_text`` (when given) is waited for in the log before :meth:`start`
     returns. Standard input is a pipe kept open: helpers that watch it exit when the
@@ -204,13 +205,62 @@ def stop_all_helpers() -> None:
             helper.stop()
 
 
-def responder_process(broker_port: int, log_dir: Path) -> HelperProcess:
-    """The bare paho responder acknowledging ``floor/+/command`` orders."""
+FLOOR_ID_PREFIX = "fl"
+FLOOR_TOPICS = {
+    "--command-topic": "floor/{vehicle_id}/command",
+    "--ack-topic": "floor/{vehicle_id}/ack",
+    "--discovery-topic": "floor/discovery",
+    "--discovery-response-topic": "floor/response/{vehicle_id}",
+    "--state-topic": "floor/state/{vehicle_id}",
+    "--telemetry-request-topic": "floor/telemetry/request",
+    "--telemetry-response-topic": "floor/telemetry/response/{vehicle_id}",
+}
+
+
+def floor_vehicle_ids(count: int, fleet_size: int) -> list[str]:
+    """The first ``count`` ids of the floor peer's fleet (the simulator's scheme)."""
+    width = max(3, len(str(fleet_size)))
+    return [f"{FLOOR_ID_PREFIX}{index:0{width}d}" for index in range(1, count + 1)]
+
+
+def floor_peer_process(
+    broker_port: int, fleet_size: int, log_dir: Path
+) -> HelperProcess:
+    """The floors' peer: the fleet simulator, set up as for the integration.
+
+    Same program, same settings (shared connection, immediate acks, no cap on the
+    acks in flight) as the simulator that answers the integration, on ``floor/...``
+    topics that no V2G entry uses: the floors and the integration differ only on
+    Home Assistant's side.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "simulator",
+        "--broker",
+        f"127.0.0.1:{broker_port}",
+        "--connection",
+        "shared",
+        "--count",
+        str(fleet_size),
+        "--id-prefix",
+        FLOOR_ID_PREFIX,
+        "--ack-latency",
+        "0",
+        "--seed",
+        "1",
+        "--duration",
+        "7200",
+        "-v",
+    ]
+    for option, topic in FLOOR_TOPICS.items():
+        argv += [option, topic]
     return HelperProcess(
-        name="floor responder",
-        argv=[sys.executable, "-m", "benchmarks.responder", "--port", str(broker_port)],
-        log_path=log_dir / "responder.log",
-        ready_text="ready",
+        name="floor peer (simulator)",
+        argv=argv,
+        log_path=log_dir / "floor-peer.log",
+        ready_text="ready in",
+        ready_timeout=120.0,
     )
 
 

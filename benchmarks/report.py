@@ -323,7 +323,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += ["## 1. Per-vehicle mode vs the HA floor", ""]
     lines += [
         "HA floor: the same number of orders and acks through `mqtt.async_publish` /"
-        " `mqtt.async_subscribe` with a counting handler (bare paho responder),"
+        " `mqtt.async_subscribe` with a counting handler (the same simulator program answers, on floor topics),"
         " the publish calls started 250 per loop iteration like the integration's"
         " transport. *All at once*: the same floor with every publish call started"
         " in one loop iteration (for reference; no target).",

@@ -2,10 +2,11 @@
 
     python -m benchmarks [--sizes 100,1000,10000] [--repeat 3] [--quick]
                          [--out-dir benchmarks/results] [--only per_vehicle,gateway]
-                         [--profile]
+                         [--profile] [--trace-loop]
 
 Order: the engine benchmark (before Home Assistant boots), then one mosquitto, the
-bare paho responder and the bare paho client, one in-process Home Assistant with the
+floors' peer (a fleet simulator) and the bare paho client (its own process), one
+in-process Home Assistant with the
 MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
 integration runs alternating; finally the memory run. The exit status is 1 when a
 section could not run or a dispatch did not acknowledge every order.
@@ -38,10 +39,10 @@ from .harness import (
     HassHarness,
     LoopStepTracer,
     StateWriteCounter,
+    floor_peer_process,
     median,
     mosquitto_version,
     new_broker,
-    responder_process,
     run_in_hass_thread,
     stop_all_helpers,
 )
@@ -456,7 +457,7 @@ async def run_hass_sections(
     hass = await harness.start()
     results["meta"]["hass_startup_s"] = round(harness.startup_s, 2)
     loop = asyncio.get_running_loop()
-    ha_floor = HaFloor(hass)
+    ha_floor = HaFloor(hass, max(options.sizes))
     try:
         await ha_floor.async_setup()
 
@@ -597,15 +598,17 @@ def _main(options: Options) -> int:
         run_engine(options, results)
     hass_sections = [s for s in options.sections if s != "engine"]
     if hass_sections:
-        from .bench_mqtt_floor import PahoFloor
+        from .bench_mqtt_floor import PahoFloorProcess
 
         broker = new_broker()
         broker.start()
         results["meta"]["broker_config"] = broker.config_text().strip().splitlines()
-        responder = responder_process(broker.port, log_dir)
-        paho_floor = PahoFloor(broker.port)
+        floor_peer = floor_peer_process(broker.port, max(options.sizes), log_dir)
+        paho_floor = PahoFloorProcess(
+            broker.port, max(options.sizes), log_dir / "paho-floor.log"
+        )
         try:
-            responder.start()
+            floor_peer.start()
             paho_floor.start()
             run_in_hass_thread(
                 lambda: run_hass_sections(
@@ -618,7 +621,7 @@ def _main(options: Options) -> int:
             results["section_errors"].append("harness")
         finally:
             paho_floor.stop()
-            responder.stop()
+            floor_peer.stop()
             broker.close()
     results["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["meta"]["duration_s"] = round(time.perf_counter() - started, 1)
