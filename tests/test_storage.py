@@ -180,29 +180,56 @@ async def test_fleet_store_builds_on_the_loop_for_the_writer_thread(
 
 
 async def test_in_flight_marker_lifecycle(
-    hass: HomeAssistant, hass_storage: dict[str, Any]
+    hass: HomeAssistant,
+    hass_storage: dict[str, Any],
+    freezer: FrozenDateTimeFactory,
 ) -> None:
     store = InFlightStore(hass, "e1")
     assert await store.async_take() == []
-    await store.async_mark("d1", {"dispatch_id": "d1", "started_at": T0.isoformat()})
-    assert "d1" in hass_storage["v2g.e1.in_flight"]["data"]["dispatches"]
+    store.mark("d1", {"dispatch_id": "d1", "started_at": T0.isoformat()})
+    # Held in memory; written with its orders before the first publish.
+    assert "v2g.e1.in_flight" not in hass_storage
+    await store.async_save(
+        [{"dispatch_id": "d1", "vehicles": {"v1": {"power_kw": 5.0}}}]
+    )
+    saved = hass_storage["v2g.e1.in_flight"]["data"]["dispatches"]
+    assert saved["d1"]["vehicles"] == {"v1": {"power_kw": 5.0}}
     store.async_update(
         [
-            {"dispatch_id": "d1", "vehicles": {"v1": {"power_kw": 5.0}}},
+            {"dispatch_id": "d1", "vehicles": {"v1": {"power_kw": 6.0}}},
             {"dispatch_id": "unknown"},
         ]
     )
-    assert store.running[0]["vehicles"] == {"v1": {"power_kw": 5.0}}
-    await store.async_clear("d1")
-    await store.async_clear("d1")
+    assert store.running[0]["vehicles"] == {"v1": {"power_kw": 6.0}}
+    store.clear("d1")
+    store.clear("d1")
+    assert store.running == []
+    # The clear is written with the dispatch log's delay, not at once.
+    assert "d1" in hass_storage["v2g.e1.in_flight"]["data"]["dispatches"]
+    freezer.tick(timedelta(seconds=2))
+    async_fire_time_changed(hass)
+    await hass.async_block_till_done()
     assert hass_storage["v2g.e1.in_flight"]["data"]["dispatches"] == {}
+    await store.async_flush()  # nothing pending
 
-    await store.async_mark("d2", {"dispatch_id": "d2"})
+    store.mark("d2", {"dispatch_id": "d2"})
+    await store.async_save([])
     # A new run finds the marker once.
     again = InFlightStore(hass, "e1")
     assert await again.async_take() == [{"dispatch_id": "d2"}]
     assert await InFlightStore(hass, "e1").async_take() == []
     await again.async_remove()
+
+
+async def test_in_flight_clear_is_flushed_on_unload(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    store = InFlightStore(hass, "e1")
+    store.mark("d1", {"dispatch_id": "d1"})
+    await store.async_save([])
+    store.clear("d1")
+    await store.async_flush()
+    assert hass_storage["v2g.e1.in_flight"]["data"]["dispatches"] == {}
 
 
 def test_interrupted_entry_keeps_what_was_known() -> None:

@@ -103,7 +103,7 @@ async def test_publish_routes_per_vehicle_and_per_gateway(hass: HomeAssistant) -
     for _, payload, qos, retain in calls:
         assert qos == 2
         assert retain is False
-        assert isinstance(payload, str)
+        assert isinstance(payload, bytes)
     batches = [json.loads(c[1]) for c in calls if c[0] == "v2g/gateway/gw/commands"]
     by_dispatch = {
         b["dispatch_id"]: [o["vehicle_id"] for o in b["orders"]] for b in batches

@@ -677,7 +677,8 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         for record in running:
             response = self._interrupted(record, now)
             self._record_finished(response, fire=True)
-            await self.in_flight.async_clear(str(record.get("dispatch_id")))
+            self.in_flight.clear(str(record.get("dispatch_id")))
+        await self.in_flight.async_flush()
         while self._unsubs:
             self._unsubs.pop()()
         if self._untrack_entities is not None:
@@ -1350,7 +1351,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         chosen = request.strategy
         if not dry_run:
             await self._async_ready_to_publish()
-            await self.in_flight.async_mark(
+            self.in_flight.mark(
                 request.dispatch_id,
                 {
                     "dispatch_id": request.dispatch_id,
@@ -1382,13 +1383,13 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 translation_placeholders={"dispatch_id": request.dispatch_id},
             ) from None
         except InvalidValueError as err:
-            await self.in_flight.async_clear(request.dispatch_id)
+            self.in_flight.clear(request.dispatch_id)
             raise _invalid_value(err) from err
         finally:
             if task is not None:
                 self._dispatch_tasks.discard(task)
         if not dry_run:
-            await self.in_flight.async_clear(request.dispatch_id)
+            self.in_flight.clear(request.dispatch_id)
         await self._async_finish_dispatch(result)
         # The new snapshot in steps of their own: recording and publishing
         # 10,000 vehicles at once would block the loop for > 100 ms.

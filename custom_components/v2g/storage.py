@@ -5,10 +5,11 @@ Three Home Assistant ``Store`` files per config entry:
 * ``v2g.<entry_id>.fleet`` — the fleet state and the metric totals, saved with a
   debounce (telemetry changes it often; the final write on shutdown flushes it);
 * ``v2g.<entry_id>.dispatch_log`` — the bounded dispatch log (DESIGN §4 responses);
-* ``v2g.<entry_id>.in_flight`` — one small record per dispatch that has started and
-  not ended, written *before* the first order is published. A record still present
-  when the entry starts again means Home Assistant stopped (or crashed) in the middle
-  of a dispatch: it becomes an ``interrupted`` log entry.
+* ``v2g.<entry_id>.in_flight`` — one record per dispatch that has started and not
+  ended, written with its orders *before* the first order is published and removed
+  with the dispatch log's delay once it ended. A record still present when the
+  entry starts again means Home Assistant stopped (or crashed) in the middle of a
+  dispatch: it becomes an ``interrupted`` log entry.
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ class InFlightStore:
             hass, STORAGE_VERSION, _key(entry_id, "in_flight"), atomic_writes=True
         )
         self._records: dict[str, dict[str, Any]] = {}
+        self._dirty = False
 
     def _data(self) -> dict[str, Any]:
         return {"dispatches": dict(self._records)}
@@ -257,10 +259,14 @@ class InFlightStore:
             await self._store.async_save(self._data())
         return left
 
-    async def async_mark(self, dispatch_id: str, record: Mapping[str, Any]) -> None:
-        """Write the marker of a starting dispatch before anything is published."""
+    @callback
+    def mark(self, dispatch_id: str, record: Mapping[str, Any]) -> None:
+        """Hold the marker of a starting dispatch.
+
+        It is written with its orders before the first publish (`async_save`): a
+        dispatch that stops before publishing anything leaves nothing to recover.
+        """
         self._records[dispatch_id] = dict(record)
-        await self._store.async_save(self._data())
 
     def _merge(self, records: Iterable[Mapping[str, Any]]) -> None:
         for record in records:
@@ -277,11 +283,30 @@ class InFlightStore:
     async def async_save(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Refresh what is known of the running dispatches and write it now."""
         self._merge(records)
+        self._dirty = False
         await self._store.async_save(self._data())
 
-    async def async_clear(self, dispatch_id: str) -> None:
-        """Drop the marker of a dispatch that ended."""
+    @callback
+    def clear(self, dispatch_id: str) -> None:
+        """Drop the marker of a dispatch that ended.
+
+        Written with the dispatch log's delay, not awaited: the dispatch returns
+        without one more disk write. Until it is written, a crash leaves the
+        marker, and the dispatch is recorded as interrupted on the next start.
+        """
         if self._records.pop(dispatch_id, None) is not None:
+            data = self._data()
+            self._dirty = True
+            self._store.async_delay_save(lambda: self._written(data), LOG_SAVE_DELAY_S)
+
+    def _written(self, data: dict[str, Any]) -> dict[str, Any]:
+        self._dirty = False
+        return data
+
+    async def async_flush(self) -> None:
+        """Write a pending clear now (on unload)."""
+        if self._dirty:
+            self._dirty = False
             await self._store.async_save(self._data())
 
     @property

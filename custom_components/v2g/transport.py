@@ -99,11 +99,6 @@ class MqttOrderTransport:
         # markers there, so a crash mid-dispatch leaves a record of the orders).
         self.before_publish: Callable[[], Awaitable[None]] | None = None
 
-    async def _publish(self, topic: str, payload: bytes) -> None:
-        await mqtt.async_publish(
-            self._hass, topic, payload.decode(), qos=self._qos, retain=False
-        )
-
     def _jobs(self, orders: Sequence[Order]) -> list[_PublishJob]:
         """One publish per vehicle order, one per gateway (and dispatch) batch."""
         jobs: list[_PublishJob] = []
@@ -128,7 +123,10 @@ class MqttOrderTransport:
             batch = [orders[i] for i in job.indexes]
             topic = self._gateway_command.format(job.gateway)
             payload = encode_gateway_batch(batch[0].dispatch_id, batch)
-        return self._hass.loop.create_task(self._publish(topic, payload))
+        # Bytes go out as they are (a str would be encoded again by HA's client).
+        return self._hass.loop.create_task(
+            mqtt.async_publish(self._hass, topic, payload, qos=self._qos, retain=False)
+        )
 
     async def publish(self, orders: Sequence[Order]) -> list[Exception | None]:
         """Publish every order; return one result per order, in the same order.
