@@ -1390,6 +1390,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 self._dispatch_tasks.discard(task)
         if not dry_run:
             self.in_flight.clear(request.dispatch_id)
+        await asyncio.sleep(0)  # the engine's last step learnt from every order
         await self._async_finish_dispatch(result)
         # The new snapshot in steps of their own: recording and publishing
         # 10,000 vehicles at once would block the loop for > 100 ms.
