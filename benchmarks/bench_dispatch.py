@@ -24,7 +24,6 @@ import gc
 import io
 from pathlib import Path
 import pstats
-import sys
 import time
 import tracemalloc
 from typing import Any
@@ -36,9 +35,9 @@ from homeassistant.helpers import entity_registry as er
 from .harness import (
     HarnessError,
     HassHarness,
-    HelperProcess,
     LoopBlockMonitor,
     StateWriteCounter,
+    simulator_process,
 )
 
 DOMAIN = "v2g"
@@ -110,46 +109,6 @@ def check_response(response: Any, expected: int) -> tuple[int, int, str, list[st
     if excluded := response.get("excluded"):
         problems.append(f"{len(excluded)} excluded: {Counter(excluded.values())}")
     return orders, acknowledged, status, problems
-
-
-def simulator_process(
-    broker_port: int,
-    count: int,
-    prefix: str,
-    log_path: Path,
-    gateway_size: int = 0,
-) -> HelperProcess:
-    """The fleet simulator: shared connection, immediate acks, no telemetry push."""
-    argv = [
-        sys.executable,
-        "-m",
-        "simulator",
-        "--broker",
-        f"127.0.0.1:{broker_port}",
-        "--connection",
-        "shared",
-        "--count",
-        str(count),
-        "--id-prefix",
-        prefix,
-        "--ack-latency",
-        "0",
-        "--seed",
-        "1",
-        # Safety net: never outlive the benchmark by long.
-        "--duration",
-        "7200",
-        "-v",
-    ]
-    if gateway_size:
-        argv += ["--gateway-size", str(gateway_size)]
-    return HelperProcess(
-        name=f"simulator {prefix}",
-        argv=argv,
-        log_path=log_path,
-        ready_text="ready in",
-        ready_timeout=120.0,
-    )
 
 
 def _known_vehicles(entry: ConfigEntry) -> int | None:

@@ -223,15 +223,17 @@ def floor_vehicle_ids(count: int, fleet_size: int) -> list[str]:
     return [f"{FLOOR_ID_PREFIX}{index:0{width}d}" for index in range(1, count + 1)]
 
 
-def floor_peer_process(
-    broker_port: int, fleet_size: int, log_dir: Path
+def simulator_process(
+    broker_port: int,
+    count: int,
+    prefix: str,
+    log_path: Path,
+    gateway_size: int = 0,
+    topics: dict[str, str] | None = None,
 ) -> HelperProcess:
-    """The floors' peer: the fleet simulator, set up as for the integration.
+    """The fleet simulator: shared connection, immediate acks, no telemetry push.
 
-    Same program, same settings (shared connection, immediate acks, no cap on the
-    acks in flight) as the simulator that answers the integration, on ``floor/...``
-    topics that no V2G entry uses: the floors and the integration differ only on
-    Home Assistant's side.
+    ``topics``: topic options (``--command-topic`` …) other than the defaults.
     """
     argv = [
         sys.executable,
@@ -242,25 +244,45 @@ def floor_peer_process(
         "--connection",
         "shared",
         "--count",
-        str(fleet_size),
+        str(count),
         "--id-prefix",
-        FLOOR_ID_PREFIX,
+        prefix,
         "--ack-latency",
         "0",
         "--seed",
         "1",
+        # Safety net: never outlive the benchmark by long.
         "--duration",
         "7200",
         "-v",
     ]
-    for option, topic in FLOOR_TOPICS.items():
+    if gateway_size:
+        argv += ["--gateway-size", str(gateway_size)]
+    for option, topic in (topics or {}).items():
         argv += [option, topic]
     return HelperProcess(
-        name="floor peer (simulator)",
+        name=f"simulator {prefix}",
         argv=argv,
-        log_path=log_dir / "floor-peer.log",
+        log_path=log_path,
         ready_text="ready in",
         ready_timeout=120.0,
+    )
+
+
+def floor_peer_process(
+    broker_port: int, fleet_size: int, log_dir: Path
+) -> HelperProcess:
+    """The floors' peer: the simulator started exactly as for the integration.
+
+    Only its topics differ (``floor/...``, which no V2G entry uses): the floors and
+    the integration differ only on Home Assistant's side.
+    """
+    return simulator_process(
+        broker_port,
+        fleet_size,
+        FLOOR_ID_PREFIX,
+        log_dir / "floor-peer.log",
+        topics=FLOOR_TOPICS,
     )
 
 

@@ -194,28 +194,36 @@ async def test_dispatch_writes_only_what_changed(
     assert event.attributes["dispatch_id"] == response["dispatch_id"]
 
 
+@contextmanager
+def calls_per_iteration(
+    hass: HomeAssistant, coordinator: V2GFleetCoordinator, method: str
+) -> Iterator[dict[int, list[str]]]:
+    """The vehicle ids a coordinator method is called with, per loop iteration."""
+    seen: dict[int, list[str]] = defaultdict(list)
+    original = getattr(coordinator, method)
+    with loop_iterations(hass) as iteration:
+
+        def spy(vehicle_id: str, *args: Any) -> Any:
+            seen[iteration()].append(vehicle_id)
+            return original(vehicle_id, *args)
+
+        with patch.object(coordinator, method, spy):
+            yield seen
+
+
 async def test_vehicle_updates_are_chunked(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
     coordinator = _coordinator(hass)
-    seen: dict[int, list[str]] = defaultdict(list)
-    original = coordinator._update_vehicle
-
-    with loop_iterations(hass) as iteration:
-
-        def spy(vehicle_id: str) -> None:
-            seen[iteration()].append(vehicle_id)
-            original(vehicle_id)
-
-        with (
-            patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 8),
-            patch.object(coordinator, "_update_vehicle", spy),
-        ):
-            await _dispatch(hass, DISPATCHED, 50)
-            assert not seen  # nothing before the response
-            await hass.async_block_till_done()
+    with (
+        patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 8),
+        calls_per_iteration(hass, coordinator, "_update_vehicle") as seen,
+    ):
+        await _dispatch(hass, DISPATCHED, 50)
+        assert not seen  # nothing before the response
+        await hass.async_block_till_done()
 
     chunks = list(seen.values())
     assert sorted(v for chunk in chunks for v in chunk) == DISPATCHED
@@ -230,20 +238,11 @@ async def test_fleet_snapshot_is_built_in_steps(
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
     coordinator = _coordinator(hass)
-    seen: dict[int, list[str]] = defaultdict(list)
-    original = coordinator._vehicle_values_of
-
-    with loop_iterations(hass) as iteration:
-
-        def spy(vehicle_id: str, *args: Any) -> tuple[Any, ...]:
-            seen[iteration()].append(vehicle_id)
-            return original(vehicle_id, *args)
-
-        with (
-            patch("custom_components.v2g.engine.steps.STEP_SIZE", 7),
-            patch.object(coordinator, "_vehicle_values_of", spy),
-        ):
-            await _dispatch(hass, DISPATCHED, 50)
+    with (
+        patch("custom_components.v2g.engine.steps.STEP_SIZE", 7),
+        calls_per_iteration(hass, coordinator, "_vehicle_values_of") as seen,
+    ):
+        await _dispatch(hass, DISPATCHED, 50)
 
     chunks = list(seen.values())
     assert sorted(v for chunk in chunks for v in chunk) == VEHICLES

@@ -38,6 +38,15 @@ def _order(vehicle_id: str, gateway: str | None = None, dispatch: str = "d1") ->
     )
 
 
+def _transport(hass: HomeAssistant, qos: int = 1) -> MqttOrderTransport:
+    return MqttOrderTransport(
+        hass,
+        TopicTemplate("vehicle/{vehicle_id}/command"),
+        gateway_template("v2g/gateway/{gateway_id}/commands"),
+        qos=qos,
+    )
+
+
 def test_topic_template() -> None:
     template = TopicTemplate("fleet/{vehicle_id}/ack")
     assert template.format("car-1") == "fleet/car-1/ack"
@@ -53,12 +62,7 @@ def test_topic_template() -> None:
 
 
 async def test_publish_routes_per_vehicle_and_per_gateway(hass: HomeAssistant) -> None:
-    transport = MqttOrderTransport(
-        hass,
-        TopicTemplate("vehicle/{vehicle_id}/command"),
-        gateway_template("v2g/gateway/{gateway_id}/commands"),
-        qos=2,
-    )
+    transport = _transport(hass, qos=2)
     transport.before_publish = AsyncMock()
     calls: list[tuple[str, Any, int, bool]] = []
 
@@ -112,12 +116,7 @@ async def test_publish_routes_per_vehicle_and_per_gateway(hass: HomeAssistant) -
 
 
 async def test_publish_does_not_swallow_cancellation(hass: HomeAssistant) -> None:
-    transport = MqttOrderTransport(
-        hass,
-        TopicTemplate("vehicle/{vehicle_id}/command"),
-        gateway_template("g/{gateway_id}/c"),
-        qos=1,
-    )
+    transport = _transport(hass)
     with (
         patch(
             "custom_components.v2g.transport.mqtt.async_publish",
@@ -177,12 +176,7 @@ async def test_subscribe_all_rolls_back(
 
 async def test_publish_starts_a_chunk_per_loop_iteration(hass: HomeAssistant) -> None:
     """A large batch never starts all its publish calls in one loop iteration."""
-    transport = MqttOrderTransport(
-        hass,
-        TopicTemplate("vehicle/{vehicle_id}/command"),
-        gateway_template("g/{gateway_id}/c"),
-        qos=1,
-    )
+    transport = _transport(hass)
     started_at: list[int] = []
     orders = [_order(f"v{i}") for i in range(7)] + [_order("g", "gw")]
     with loop_iterations(hass) as iteration:
@@ -208,12 +202,7 @@ async def test_publish_starts_a_chunk_per_loop_iteration(hass: HomeAssistant) ->
 async def test_publish_cancelled_between_chunks_cancels_started_calls(
     hass: HomeAssistant,
 ) -> None:
-    transport = MqttOrderTransport(
-        hass,
-        TopicTemplate("vehicle/{vehicle_id}/command"),
-        gateway_template("g/{gateway_id}/c"),
-        qos=1,
-    )
+    transport = _transport(hass)
     waiting: list[asyncio.Future[None]] = []
     first_chunk_started = asyncio.Event()
 
