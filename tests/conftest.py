@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from unittest.mock import patch
+from unittest.mock import PropertyMock, patch
 
 import pytest
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -38,3 +38,14 @@ async def fleet_mqtt(
 ) -> MqttMockHAClient:
     """The MQTT mock, set up after the cooldowns are patched."""
     return mqtt_mock
+
+
+@pytest.fixture
+def entity_registry_enabled_by_default() -> Generator[None]:
+    """Register every entity enabled (as Home Assistant core's tests do)."""
+    with patch(
+        "homeassistant.helpers.entity.Entity.entity_registry_enabled_default",
+        return_value=True,
+        new_callable=PropertyMock,
+    ):
+        yield

@@ -50,8 +50,9 @@ VEHICLES = [f"car{i:03d}" for i in range(1, 61)]
 DISPATCHED = VEHICLES[:50]
 IDLE = VEHICLES[50:]
 # What a first dispatch really changes per vehicle.
-CHANGED_BY_DISPATCH = {"setpoint", "ack_rate", "last_ack_latency", "dispatch_outcome"}
-VEHICLE_ENTITIES = 8  # 6 sensors, plugged in, dispatch outcome (default options)
+CHANGED_BY_DISPATCH = {"setpoint", "ack_rate", "dispatch_outcome"}
+# Enabled by default: 5 sensors (last ack latency is disabled), plugged in, outcome.
+VEHICLE_ENTITIES = 7
 FLEET_ENTITIES = 15  # 14 sensors, the ack-rate problem binary sensor
 
 
@@ -188,7 +189,7 @@ async def test_dispatch_writes_only_what_changed(
     assert set(writes) <= {"fleet", *DISPATCHED}
     for vehicle_id in DISPATCHED:
         assert writes[vehicle_id]["dispatch_outcome"] == 1
-        assert set(writes[vehicle_id]) <= {"dispatch_outcome", "last_ack_latency"}
+        assert set(writes[vehicle_id]) == {"dispatch_outcome"}
     assert not counter.reported
     event = hass.states.get("event.car001_dispatch_outcome")
     assert event.attributes["dispatch_id"] == response["dispatch_id"]

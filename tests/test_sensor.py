@@ -24,6 +24,7 @@ from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_sensors(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
@@ -41,6 +42,7 @@ async def test_sensors(
     await snapshot_platform(hass, entity_registry, snapshot, ENTRY_ID)
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_sensor_values_after_dispatch(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
@@ -82,6 +84,21 @@ async def test_sensor_values_after_dispatch(
     assert float(hass.states.get("sensor.depot_ack_latency_p95").state) >= 0
     assert float(hass.states.get("sensor.v1_last_ack_latency").state) >= 0
     assert hass.states.get("sensor.v2_last_ack_latency").state == "unknown"
+
+
+async def test_vehicle_latency_sensor_disabled_by_default(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    entity_registry: er.EntityRegistry,
+) -> None:
+    """Per-vehicle latency changes with every dispatch: off unless enabled."""
+    await async_setup_fleet(hass)
+    await async_announce(hass, ("v1", {}))
+    entry = entity_registry.async_get("sensor.v1_last_ack_latency")
+    assert entry is not None
+    assert entry.disabled_by is er.RegistryEntryDisabler.INTEGRATION
+    assert hass.states.get("sensor.v1_last_ack_latency") is None
+    assert hass.states.get("sensor.depot_ack_latency_p95") is not None
 
 
 async def test_state_writes_are_bounded(

@@ -245,6 +245,9 @@ VEHICLE_SENSORS: tuple[V2GVehicleSensorDescription, ...] = (
         native_unit_of_measurement=UnitOfTime.MILLISECONDS,
         suggested_display_precision=0,
         entity_category=EntityCategory.DIAGNOSTIC,
+        # Changes with every dispatch for every vehicle: on a depot that is one
+        # state (and one recorder row) per vehicle per dispatch. Fleet p95 stays on.
+        entity_registry_enabled_default=False,
         value_fn=lambda vehicle: vehicle.last_ack_latency_ms,
     ),
     V2GVehicleSensorDescription(
