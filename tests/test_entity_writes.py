@@ -7,6 +7,7 @@ benchmark): an entity written without a visible change shows up as
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -257,6 +258,23 @@ async def test_fleet_snapshot_is_built_in_steps(
     } == {vid: (v.setpoint_kw, v.ack_rate) for vid, v in at_once.vehicles.items()}
     assert coordinator.data.vehicles["car001"].setpoint_kw == 1.0
     assert coordinator.data.vehicles["car051"].setpoint_kw == 0.0
+
+
+async def test_an_older_snapshot_never_replaces_a_newer_one(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    """Two stepped builds overlap: the one begun first may finish last."""
+    await _fleet(hass)
+    coordinator = _coordinator(hass)
+    with patch("custom_components.v2g.engine.steps.STEP_SIZE", 7):
+        older = hass.async_create_task(coordinator.async_refresh_now())
+        await asyncio.sleep(0)  # it has listed the 60 vehicles
+        for vehicle_id in VEHICLES[10:]:
+            coordinator.fleet.remove(vehicle_id)
+        await coordinator.async_refresh_now()  # 10 vehicles: done first
+        assert len(coordinator.data.vehicles) == 10
+        await older
+    assert len(coordinator.data.vehicles) == 10
 
 
 async def test_back_to_back_dispatches_fire_every_event(

@@ -479,6 +479,9 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self._staged_outcomes: dict[str, list[_QueuedOutcome]] = {}
         self._vehicle_task: asyncio.Task[None] | None = None
         self._published: FleetSnapshot | None = None
+        # Snapshots begun, and the newest one published (stepped builds overlap).
+        self._snapshots_begun = 0
+        self._newest_published = 0
         # The values of each vehicle's latest snapshot: unchanged vehicles keep
         # their snapshot object (`_mark_vehicles` compares identities).
         self._vehicle_values: dict[str, tuple[tuple[Any, ...], VehicleSnapshot]] = {}
@@ -725,9 +728,20 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _build_snapshot(self) -> FleetSnapshot:
         return run_steps(self._snapshot_steps())
 
-    async def _async_build_snapshot(self) -> FleetSnapshot:
-        """Build a snapshot, letting the loop run between chunks of vehicles."""
-        return await async_run_steps(self._snapshot_steps())
+    async def _async_build_snapshot(self) -> FleetSnapshot | None:
+        """Build a snapshot, letting the loop run between chunks of vehicles.
+
+        Returns None when it is out of date before it is done: a snapshot begun
+        later was published meanwhile (two builds can overlap), or the fleet
+        is closing.
+        """
+        self._snapshots_begun += 1
+        begun = self._snapshots_begun
+        snapshot = await async_run_steps(self._snapshot_steps())
+        if self._closing or begun < self._newest_published:
+            return None
+        self._newest_published = begun
+        return snapshot
 
     def _snapshot_steps(self) -> Steps[FleetSnapshot]:
         """The snapshot of the fleet, `STEP_SIZE` vehicles per step.
@@ -841,12 +855,14 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     @callback
     def async_update_now(self) -> None:
         """Publish a fresh snapshot to the entities right away."""
+        self._snapshots_begun += 1
+        self._newest_published = self._snapshots_begun
         self.async_set_updated_data(self._build_snapshot())
 
     async def async_refresh_now(self) -> None:
         """Publish a fresh snapshot, built in steps (the loop runs in between)."""
         snapshot = await self._async_build_snapshot()
-        if not self._closing:
+        if snapshot is not None:
             self.async_set_updated_data(snapshot)
 
     async def _async_refresh_snapshot(self) -> None:
@@ -967,12 +983,10 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             self.fleet.touch(vehicle_id, self.runtime.monotonic())
         if self.in_flight.running:
             self._refresh_in_flight()
-        snapshot = await self._async_build_snapshot()
-        if self._closing:
-            return
-        if snapshot != self.data:
-            self.async_set_updated_data(snapshot)
         self._schedule_save()
+        snapshot = await self._async_build_snapshot()
+        if snapshot is not None and snapshot != self.data:
+            self.async_set_updated_data(snapshot)
 
     @callback
     def _refresh_in_flight(self) -> None:
