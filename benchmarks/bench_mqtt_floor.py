@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from custom_components.v2g.engine import async_chunks
 from custom_components.v2g.transport import PUBLISH_CHUNK
 
 from .harness import HarnessError, LoopBlockMonitor, floor_vehicle_ids
@@ -48,11 +49,11 @@ COMMAND_TEMPLATE = "floor/{vehicle_id}/command"
 ACK_FILTER = "floor/+/ack"
 
 
-def order_messages(count: int, fleet_size: int) -> list[tuple[str, str]]:
+def order_messages(count: int, fleet_size: int) -> list[tuple[str, bytes]]:
     """(topic, payload) of ``count`` DESIGN §3 orders to the floor peer's vehicles."""
     now_ms = int(time.time() * 1000)
     dispatch_id = str(uuid.uuid4())
-    messages: list[tuple[str, str]] = []
+    messages: list[tuple[str, bytes]] = []
     for vehicle_id in floor_vehicle_ids(count, fleet_size):
         payload = {
             "command_id": str(uuid.uuid4()),
@@ -65,7 +66,11 @@ def order_messages(count: int, fleet_size: int) -> list[tuple[str, str]]:
             "expires_at": now_ms + 900_000,
         }
         messages.append(
-            (COMMAND_TEMPLATE.format(vehicle_id=vehicle_id), json.dumps(payload))
+            # Bytes, as the integration's transport hands them to HA's client.
+            (
+                COMMAND_TEMPLATE.format(vehicle_id=vehicle_id),
+                json.dumps(payload).encode(),
+            )
         )
     return messages
 
@@ -149,18 +154,15 @@ class HaFloor:
             await monitor.__aenter__()
         try:
             started = time.perf_counter()
-            step = chunk or len(messages) or 1
             publishes: list[asyncio.Future[None]] = []
-            for start in range(0, len(messages), step):
-                if start:
-                    await asyncio.sleep(0)
+            async for batch in async_chunks(messages, chunk or len(messages)):
                 publishes.extend(
                     asyncio.ensure_future(
                         ha_mqtt.async_publish(
                             hass, topic, payload, qos=qos, retain=False
                         )
                     )
-                    for topic, payload in messages[start : start + step]
+                    for topic, payload in batch
                 )
             async with asyncio.timeout(limit_s):
                 await asyncio.gather(*publishes)

@@ -55,7 +55,11 @@ from custom_components.v2g.const import (
     MAX_VEHICLE_PAYLOAD_BYTES,
 )
 from custom_components.v2g.coordinator import V2GFleetCoordinator
-from custom_components.v2g.engine import MAX_GATEWAY_PAYLOAD_BYTES, AckDisposition
+from custom_components.v2g.engine import (
+    MAX_GATEWAY_PAYLOAD_BYTES,
+    AckDisposition,
+    run_steps,
+)
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 
@@ -595,7 +599,7 @@ async def test_fuzz_subscribed_topic(
             # What was accepted must stay usable: entity snapshot, the fleet's
             # saved form and diagnostics are built and serialised.
             coordinator._build_snapshot()
-            json.loads(json_dumps(coordinator._fleet_data()))
+            json.loads(json_dumps(run_steps(coordinator._fleet_data_steps())))
             json.loads(json_dumps(coordinator.diagnostics()))
 
     try:

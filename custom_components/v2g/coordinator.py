@@ -694,9 +694,6 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
 
     # --- persistence ------------------------------------------------------------------
 
-    def _fleet_data(self) -> dict[str, Any]:
-        return run_steps(self._fleet_data_steps())
-
     def _fleet_data_steps(self) -> Steps[dict[str, Any]]:
         """What the fleet store saves, built in steps (10,000 vehicles: ~60 ms)."""
         fleet_data = yield from self.fleet.as_dict_steps()

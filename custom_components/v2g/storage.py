@@ -247,6 +247,7 @@ class InFlightStore:
         self._dirty = False
 
     def _data(self) -> dict[str, Any]:
+        self._dirty = False  # every write writes every record
         return {"dispatches": dict(self._records)}
 
     async def async_take(self) -> list[dict[str, Any]]:
@@ -283,7 +284,6 @@ class InFlightStore:
     async def async_save(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Refresh what is known of the running dispatches and write it now."""
         self._merge(records)
-        self._dirty = False
         await self._store.async_save(self._data())
 
     @callback
@@ -295,18 +295,12 @@ class InFlightStore:
         marker, and the dispatch is recorded as interrupted on the next start.
         """
         if self._records.pop(dispatch_id, None) is not None:
-            data = self._data()
             self._dirty = True
-            self._store.async_delay_save(lambda: self._written(data), LOG_SAVE_DELAY_S)
-
-    def _written(self, data: dict[str, Any]) -> dict[str, Any]:
-        self._dirty = False
-        return data
+            self._store.async_delay_save(self._data, LOG_SAVE_DELAY_S)
 
     async def async_flush(self) -> None:
         """Write a pending clear now (on unload)."""
         if self._dirty:
-            self._dirty = False
             await self._store.async_save(self._data())
 
     @property

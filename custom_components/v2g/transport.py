@@ -23,7 +23,7 @@ from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 
 from .const import GATEWAY_ID_PLACEHOLDER, VEHICLE_ID_PLACEHOLDER
-from .engine import encode_gateway_batch, encode_order
+from .engine import async_chunks, encode_gateway_batch, encode_order
 
 if TYPE_CHECKING:
     from .engine import Order
@@ -163,13 +163,8 @@ class MqttOrderTransport:
         """Start the jobs a chunk per loop iteration; gather every outcome."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            for start in range(0, len(jobs), PUBLISH_CHUNK):
-                if start:
-                    await asyncio.sleep(0)
-                tasks.extend(
-                    self._start(job, orders)
-                    for job in jobs[start : start + PUBLISH_CHUNK]
-                )
+            async for chunk in async_chunks(jobs, PUBLISH_CHUNK):
+                tasks.extend(self._start(job, orders) for job in chunk)
             return await asyncio.gather(*tasks, return_exceptions=True)
         except BaseException:
             for task in tasks:

@@ -38,15 +38,18 @@ async def async_run_steps[T](steps: Steps[T]) -> T:
         await asyncio.sleep(0)
 
 
-def chunks[T](items: Sequence[T]) -> Iterator[Sequence[T]]:
-    """`items` a chunk of at most `STEP_SIZE` at a time (a steps function yields after each)."""
-    for start in range(0, len(items), STEP_SIZE):
-        yield items[start : start + STEP_SIZE]
+def chunks[T](items: Sequence[T], size: int | None = None) -> Iterator[Sequence[T]]:
+    """`items` a chunk of at most `size` (default `STEP_SIZE`) at a time."""
+    step = size or STEP_SIZE
+    for start in range(0, len(items), step):
+        yield items[start : start + step]
 
 
-async def async_chunks[T](items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
-    """`items` a chunk of `STEP_SIZE` at a time, the event loop running in between."""
-    for start in range(0, len(items), STEP_SIZE):
-        if start:
+async def async_chunks[T](
+    items: Sequence[T], size: int | None = None
+) -> AsyncIterator[Sequence[T]]:
+    """`chunks(items, size)`, the event loop running between two chunks."""
+    for index, chunk in enumerate(chunks(items, size)):
+        if index:
             await asyncio.sleep(0)
-        yield items[start : start + STEP_SIZE]
+        yield chunk
