@@ -411,7 +411,6 @@ def _handle_label(callback_obj: Any) -> tuple[str, Any]:
 class LoopStep:
     """One event-loop callback that ran longer than the tracer's threshold."""
 
-    started: float  # time.monotonic()
     seconds: float
     label: str
     resumed_at: str
@@ -483,7 +482,6 @@ class LoopStepTracer:
                 if elapsed >= tracer.threshold_s:
                     tracer.steps.append(
                         LoopStep(
-                            started=time.monotonic() - elapsed,
                             seconds=elapsed,
                             label=label,
                             resumed_at=resumed_at,

@@ -6,8 +6,7 @@
 
 Order: the engine benchmark (before Home Assistant boots), then one mosquitto, the
 floors' peer (a fleet simulator) and the bare paho client (its own process), one
-in-process Home Assistant with the
-MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
+in-process Home Assistant with the MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
 integration runs alternating; finally the memory run. The exit status is 1 when a
 section could not run or a dispatch did not acknowledge every order.
 """

@@ -41,7 +41,15 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out-dir", str(out_dir)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--trace-loop",
+            "--out-dir",
+            str(out_dir),
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -53,6 +61,11 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     assert completed.returncode == 0, output
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+    loop_steps = (out_dir / "profiles" / "loop-steps-gateway-5.txt").read_text(
+        encoding="utf-8"
+    )
+    assert "== floor (gateway, 5 vehicles)" in loop_steps
+    assert "== integration (gateway, 5 vehicles)" in loop_steps
 
     assert results["section_errors"] == [], output
     meta = results["meta"]
