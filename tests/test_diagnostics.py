@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from homeassistant.core import HomeAssistant
 import pytest
@@ -19,7 +18,13 @@ from syrupy.filters import props
 
 from custom_components.v2g.const import CONF_WEBHOOK_ENABLED, CONF_WEBHOOK_ID, DOMAIN
 
-from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .helpers import (
+    ENTRY_ID,
+    FleetResponder,
+    async_announce,
+    async_setup_fleet,
+    flush_subscriptions,
+)
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
@@ -40,8 +45,7 @@ async def test_diagnostics(
     )
     await hass.async_block_till_done()
     # The broker's subscription confirmation arrives a moment after setup.
-    async with asyncio.timeout(5):
-        await entry.runtime_data.gate.async_wait()
+    await flush_subscriptions(hass)
     FleetResponder(hass, fleet_mqtt)
     await hass.services.async_call(
         DOMAIN,

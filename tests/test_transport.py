@@ -13,8 +13,8 @@ import pytest
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 from custom_components.v2g.engine import Order, SignalType
+from custom_components.v2g.channels import GatewayChannel, OrderRouter, VehicleChannel
 from custom_components.v2g.transport import (
-    MqttOrderTransport,
     SubscriptionGate,
     TopicTemplate,
     async_subscribe_all,
@@ -38,12 +38,23 @@ def _order(vehicle_id: str, gateway: str | None = None, dispatch: str = "d1") ->
     )
 
 
-def _transport(hass: HomeAssistant, qos: int = 1) -> MqttOrderTransport:
-    return MqttOrderTransport(
+def _transport(hass: HomeAssistant, qos: int = 1) -> OrderRouter:
+    return OrderRouter(
         hass,
-        TopicTemplate("vehicle/{vehicle_id}/command"),
-        gateway_template("v2g/gateway/{gateway_id}/commands"),
-        qos=qos,
+        [
+            GatewayChannel(
+                hass,
+                gateway_template("v2g/gateway/{gateway_id}/commands"),
+                gateway_template("v2g/gateway/{gateway_id}/acks"),
+                qos,
+            ),
+            VehicleChannel(
+                hass,
+                TopicTemplate("vehicle/{vehicle_id}/command"),
+                TopicTemplate("vehicle/{vehicle_id}/ack"),
+                qos,
+            ),
+        ],
     )
 
 
@@ -83,7 +94,7 @@ async def test_publish_routes_per_vehicle_and_per_gateway(hass: HomeAssistant) -
         _order("g3", "gw-bad"),
         _order("g4", "gw", dispatch="d2"),
     ]
-    with patch("custom_components.v2g.transport.mqtt.async_publish", publish):
+    with patch("custom_components.v2g.channels.mqtt.async_publish", publish):
         assert await transport.publish([]) == []
         results = await transport.publish(orders)
 
@@ -119,7 +130,7 @@ async def test_publish_does_not_swallow_cancellation(hass: HomeAssistant) -> Non
     transport = _transport(hass)
     with (
         patch(
-            "custom_components.v2g.transport.mqtt.async_publish",
+            "custom_components.v2g.channels.mqtt.async_publish",
             side_effect=asyncio.CancelledError,
         ),
         pytest.raises(asyncio.CancelledError),
@@ -188,8 +199,8 @@ async def test_publish_starts_a_chunk_per_loop_iteration(hass: HomeAssistant) ->
             await asyncio.sleep(0)
 
         with (
-            patch("custom_components.v2g.transport.PUBLISH_CHUNK", 3),
-            patch("custom_components.v2g.transport.mqtt.async_publish", publish),
+            patch("custom_components.v2g.channels.PUBLISH_CHUNK", 3),
+            patch("custom_components.v2g.channels.mqtt.async_publish", publish),
         ):
             results = await transport.publish(orders)
     assert results == [None] * 8
@@ -216,8 +227,8 @@ async def test_publish_cancelled_between_chunks_cancels_started_calls(
         await future
 
     with (
-        patch("custom_components.v2g.transport.PUBLISH_CHUNK", 2),
-        patch("custom_components.v2g.transport.mqtt.async_publish", publish),
+        patch("custom_components.v2g.channels.PUBLISH_CHUNK", 2),
+        patch("custom_components.v2g.channels.mqtt.async_publish", publish),
     ):
         task = hass.async_create_task(
             transport.publish([_order(f"v{i}") for i in range(6)])

@@ -19,9 +19,8 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN, LOGGER
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
-from .history import async_setup_history_prediction
+from .persistence import FleetPersistence
 from .services import async_setup_services
-from .storage import DispatchLogStore, FleetStore, InFlightStore
 from .webhook import async_setup_webhook
 
 __all__ = ["V2GConfigEntry"]
@@ -85,7 +84,10 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
         )
     ir.async_delete_issue(hass, DOMAIN, ISSUE_MQTT_NOT_CONFIGURED)
 
-    coordinator = V2GFleetCoordinator(hass, entry)
+    # The fleet is loaded before the engine is built around it.
+    persistence = FleetPersistence(hass, entry.entry_id)
+    restored = await persistence.async_load()
+    coordinator = V2GFleetCoordinator(hass, entry, persistence, restored)
     try:
         await coordinator.async_setup()
     except HomeAssistantError as err:
@@ -95,9 +97,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
         ) from err
     # The coordinator shuts down (subscriptions, timers, stores) on unload.
     entry.runtime_data = coordinator
-    # Both undo themselves on unload (entry.async_on_unload).
+    # Undoes itself on unload (entry.async_on_unload).
     async_setup_webhook(hass, entry)
-    async_setup_history_prediction(hass, entry)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 
@@ -109,9 +110,7 @@ async def async_unload_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool
 
 async def async_remove_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> None:
     """Delete the stored fleet, dispatch log and in-flight markers of an entry."""
-    await FleetStore(hass, entry.entry_id).async_remove()
-    await DispatchLogStore(hass, entry.entry_id).async_remove()
-    await InFlightStore(hass, entry.entry_id).async_remove()
+    await FleetPersistence(hass, entry.entry_id).async_remove()
 
 
 async def async_remove_config_entry_device(
@@ -124,7 +123,7 @@ async def async_remove_config_entry_device(
         if domain != DOMAIN or not identifier.startswith(prefix):
             continue
         vehicle_id = identifier.removeprefix(prefix)
-        if coordinator.is_manual(vehicle_id):
+        if coordinator.manual.is_manual(vehicle_id):
             LOGGER.info(
                 "Vehicle %s was added by hand: delete its entry instead", vehicle_id
             )

@@ -13,7 +13,8 @@ from homeassistant.components.binary_sensor import (
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .coordinator import FleetSnapshot, V2GConfigEntry, VehicleSnapshot
+from .coordinator import V2GConfigEntry
+from .engine.snapshot import FleetSnapshot, VehicleSnapshot
 from .entity import V2GFleetEntity, V2GVehicleEntity, async_add_vehicle_entities
 
 PARALLEL_UPDATES = 0

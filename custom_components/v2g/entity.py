@@ -22,7 +22,8 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .const import DOMAIN
-from .coordinator import V2GConfigEntry, V2GFleetCoordinator, VehicleSnapshot
+from .coordinator import V2GConfigEntry, V2GFleetCoordinator
+from .engine.snapshot import VehicleSnapshot
 
 MANUFACTURER = "V2G Fleet Dispatch"
 # Vehicles whose entities one ``async_add_entities`` call adds; the loop is free
@@ -147,7 +148,7 @@ class V2GVehicleEntity(V2GEntity):
         """Listen to the updates of this vehicle."""
         await super().async_added_to_hass()
         self.async_on_remove(
-            self.coordinator.async_add_vehicle_listener(
+            self.coordinator.vehicle_updates.async_add_listener(
                 self.vehicle_id, self._handle_vehicle_update
             )
         )

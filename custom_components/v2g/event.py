@@ -8,8 +8,9 @@ from homeassistant.components.event import EventEntity, EventEntityDescription
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-from .coordinator import OUTCOME_EVENT_TYPES, V2GConfigEntry, V2GFleetCoordinator
+from .coordinator import V2GConfigEntry, V2GFleetCoordinator
 from .entity import V2GVehicleEntity, async_add_vehicle_entities
+from .vehicle_updates import OUTCOME_EVENT_TYPES
 
 PARALLEL_UPDATES = 0
 
@@ -53,7 +54,7 @@ class V2GDispatchOutcomeEvent(V2GVehicleEntity, EventEntity):
         """Listen to the dispatch outcomes of this vehicle."""
         await super().async_added_to_hass()
         self.async_on_remove(
-            self.coordinator.async_subscribe_outcomes(
+            self.coordinator.vehicle_updates.async_subscribe_outcomes(
                 self.vehicle_id, self._async_handle_outcome
             )
         )

@@ -33,7 +33,8 @@ from .const import (
     DEFAULT_PREDICTION,
     PREDICTION_OFF,
 )
-from .coordinator import FleetSnapshot, V2GConfigEntry, VehicleSnapshot
+from .coordinator import V2GConfigEntry
+from .engine.snapshot import FleetSnapshot, VehicleSnapshot
 from .entity import V2GFleetEntity, V2GVehicleEntity, async_add_vehicle_entities
 
 PARALLEL_UPDATES = 0

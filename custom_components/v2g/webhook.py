@@ -32,7 +32,7 @@ Decisions (differences from the Go server):
 Unknown webhook ids never reach this module: Home Assistant answers them itself
 (200 with an empty body, so the existence of a webhook is not given away).
 Bad input never raises: every refused request is counted in
-``coordinator.counters`` (``webhook_rejected`` plus ``webhook_<reason>``) and
+``coordinator.input_log.counters`` (``webhook_rejected`` plus ``webhook_<reason>``) and
 logged once at warning level, then at debug level.
 """
 
@@ -209,9 +209,9 @@ def _json_response(data: Mapping[str, Any], status: HTTPStatus) -> Response:
 
 def _reject(coordinator: V2GFleetCoordinator, error: SignalRejectedError) -> Response:
     """Count and log (once per reason) a refused request; answer its status."""
-    counters = coordinator.counters
+    counters = coordinator.input_log.counters
     counters[REJECTED_COUNTER] = counters.get(REJECTED_COUNTER, 0) + 1
-    coordinator.drop("webhook", error.code, "the signal webhook")
+    coordinator.input_log.drop("webhook", error.code, "the signal webhook")
     LOGGER.debug("Webhook signal refused (%s): %s", int(error.status), error.message)
     return _json_response({"error": error.message}, error.status)
 

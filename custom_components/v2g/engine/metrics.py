@@ -1,0 +1,163 @@
+"""Dispatch metrics: totals, the 24 h ack rate and recent ack latencies.
+
+What the fleet sensors "Dispatches", "Orders sent", "Orders acknowledged",
+"Ack rate 24 h" and "Ack latency p95" show (docs/entities.md). Persisted in the
+fleet store; its version governs the format (no version of its own).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+import math
+from typing import Any
+
+from .models import OrderStatus
+
+ACK_RATE_WINDOW = timedelta(hours=24)
+LATENCY_SAMPLES = 1000
+# What the fleet keeps of the last dispatch (its response's summary).
+LAST_DISPATCH_KEYS = (
+    "dispatch_id",
+    "status",
+    "requested_kw",
+    "acknowledged_kw",
+    "ack_rate",
+    "started_at",
+    "completed_at",
+)
+_SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
+
+
+def parse_iso_time(value: Any) -> datetime | None:
+    """Return an aware datetime from ISO 8601 text (``Z`` too), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _rank(ordered: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of sorted values."""
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+@dataclass(slots=True)
+class DispatchMetrics:
+    """Totals and recent samples of the dispatches (persisted)."""
+
+    dispatches: int = 0
+    orders_sent: int = 0
+    orders_acknowledged: int = 0
+    publish_failures: int = 0
+    # (completed_at unix seconds, acknowledged orders, sent orders)
+    window: deque[tuple[float, int, int]] = field(default_factory=deque)
+    latencies_ms: deque[float] = field(
+        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES)
+    )
+    last: dict[str, Any] | None = None
+
+    def record(self, response: Mapping[str, Any], now: datetime) -> None:
+        """Account a finished dispatch response (dry runs only update ``last``)."""
+        self.last = {key: response.get(key) for key in LAST_DISPATCH_KEYS}
+        if response.get("status") == "planned":
+            return
+        sent = acked = failed = 0
+        for round_name in ("vehicles", "fallback"):
+            outcomes = response.get(round_name)
+            if not isinstance(outcomes, Mapping):
+                continue
+            for outcome in outcomes.values():
+                status = outcome.get("status")
+                if status == OrderStatus.PUBLISH_FAILED:
+                    failed += 1
+                elif status in _SENT:
+                    sent += 1
+                    if status == OrderStatus.ACKNOWLEDGED:
+                        acked += 1
+                        latency = outcome.get("latency_ms")
+                        if isinstance(latency, (int, float)):
+                            self.latencies_ms.append(float(latency))
+        self.dispatches += 1
+        self.orders_sent += sent
+        self.orders_acknowledged += acked
+        self.publish_failures += failed
+        completed = parse_iso_time(response.get("completed_at")) or now
+        self.window.append((completed.timestamp(), acked, sent))
+
+    def ack_rate_24h(self, now: datetime) -> float | None:
+        """Acknowledged / sent orders of the dispatches of the last 24 h."""
+        horizon = (now - ACK_RATE_WINDOW).timestamp()
+        while self.window and self.window[0][0] < horizon:
+            self.window.popleft()
+        sent = sum(item[2] for item in self.window)
+        if not sent:
+            return None
+        return sum(item[1] for item in self.window) / sent
+
+    def latency_p95(self) -> float | None:
+        """95th percentile of the recent ack latencies (nearest rank)."""
+        if not self.latencies_ms:
+            return None
+        return round(_rank(sorted(self.latencies_ms), 0.95), 3)
+
+    def latency_summary(self) -> dict[str, Any]:
+        """Count, median, p95 and maximum of the recent latencies (diagnostics)."""
+        if not self.latencies_ms:
+            return {"count": 0, "p50": None, "p95": None, "max": None}
+        ordered = sorted(self.latencies_ms)
+        return {
+            "count": len(ordered),
+            "p50": round(_rank(ordered, 0.5), 3),
+            "p95": round(_rank(ordered, 0.95), 3),
+            "max": round(ordered[-1], 3),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict."""
+        return {
+            "dispatches": self.dispatches,
+            "orders_sent": self.orders_sent,
+            "orders_acknowledged": self.orders_acknowledged,
+            "publish_failures": self.publish_failures,
+            "window": [list(item) for item in self.window],
+            "latencies_ms": list(self.latencies_ms),
+            "last": self.last,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DispatchMetrics:
+        """Inverse of `as_dict`; a part that cannot be read starts from zero.
+
+        The totals are read one by one, so a bad sample list never resets them.
+        """
+        metrics = cls()
+        if not isinstance(data, Mapping):
+            return metrics
+        for name in (
+            "dispatches",
+            "orders_sent",
+            "orders_acknowledged",
+            "publish_failures",
+        ):
+            value = data.get(name, 0)
+            if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+                setattr(metrics, name, int(value))
+        try:
+            metrics.window.extend(
+                (float(t), int(a), int(s)) for t, a, s in data.get("window", [])
+            )
+        except (TypeError, ValueError):
+            metrics.window.clear()
+        try:
+            metrics.latencies_ms.extend(float(v) for v in data.get("latencies_ms", []))
+        except (TypeError, ValueError):
+            metrics.latencies_ms.clear()
+        last = data.get("last")
+        metrics.last = dict(last) if isinstance(last, Mapping) else None
+        return metrics

@@ -1,0 +1,204 @@
+"""What the entities show: the fleet snapshot and how it is computed.
+
+A :class:`FleetSnapshot` is immutable; the Home Assistant coordinator publishes
+one after a dispatch, a discovery, coalesced telemetry and housekeeping. It is
+built in steps (`steps.py`) so 10,000 vehicles never hold the event loop.
+Vehicles whose values did not change keep their :class:`VehicleSnapshot` object,
+so the entity layer finds the changed vehicles by identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set as AbstractSet
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .eligibility import SafetySettings, evaluate_eligibility
+from .fleet import FleetState
+from .kpi import co2_avoided_g
+from .metrics import DispatchMetrics, parse_iso_time
+from .models import FlexibilitySignal, SignalType, Vehicle
+from .prediction import PredictionEngine
+from .steps import Steps, chunks
+
+# Flexibility is the power the fleet could hold for this long (15 min).
+FLEXIBILITY_PROBE_S = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleSnapshot:
+    """What the entities of one vehicle show (built from `_vehicle_values`)."""
+
+    vehicle_id: str
+    is_v2g: bool
+    subentry_id: str | None
+    stale: bool
+    soc: float | None
+    plugged_in: bool | None
+    setpoint_kw: float
+    ack_rate: float | None
+    last_ack_latency_ms: float | None
+    energy_discharged_kwh: float
+    energy_charged_kwh: float
+    co2_avoided_g: float
+    availability_forecast: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSnapshot:
+    """What the fleet entities show (fractions for rates)."""
+
+    connected: bool
+    vehicles: Mapping[str, VehicleSnapshot]
+    vehicles_available: int = 0
+    flexibility_up_kw: float = 0.0
+    flexibility_down_kw: float = 0.0
+    last_ack_rate: float | None = None
+    ack_rate_24h: float | None = None
+    ack_rate_sla: float = 0.9
+    last_dispatch_at: datetime | None = None
+    last_status: str | None = None
+    last_requested_kw: float | None = None
+    last_acknowledged_kw: float | None = None
+    dispatches: int = 0
+    orders_sent: int = 0
+    orders_acknowledged: int = 0
+    publish_failures: int = 0
+    ack_latency_p95_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotInputs:
+    """Everything a snapshot depends on besides the fleet and the metrics."""
+
+    now: datetime
+    stale: AbstractSet[str]
+    connected: bool
+    safety: SafetySettings
+    ack_rate_sla: float
+    emission_factor: float
+    soc_known: AbstractSet[str]
+    subentry_ids: Mapping[str, str]
+    prediction: PredictionEngine | None
+
+
+# The values one vehicle's entities show, in `VehicleSnapshot` field order
+# (after vehicle_id): compared to find the vehicles that changed.
+type _Values = tuple[Any, ...]
+
+
+class SnapshotBuilder:
+    """Builds snapshots, reusing the snapshot objects of unchanged vehicles."""
+
+    def __init__(self) -> None:
+        """Start with no vehicle known."""
+        self._cache: dict[str, tuple[_Values, VehicleSnapshot]] = {}
+
+    def steps(
+        self, fleet: FleetState, metrics: DispatchMetrics, inputs: SnapshotInputs
+    ) -> Steps[FleetSnapshot]:
+        """The snapshot, `STEP_SIZE` vehicles per step.
+
+        The vehicles are listed first; one that arrives meanwhile is in the next
+        snapshot. The cache is replaced when the vehicles are done.
+        """
+        now = inputs.now
+        fleet.accrue(now)
+        setpoints = fleet.setpoints
+        vehicles: dict[str, VehicleSnapshot] = {}
+        live: list[Vehicle] = []
+        cache = self._cache
+        new_cache: dict[str, tuple[_Values, VehicleSnapshot]] = {}
+        for chunk in chunks(list(fleet.vehicles.items())):
+            for vehicle_id, vehicle in chunk:
+                is_stale = vehicle_id in inputs.stale
+                if not is_stale:
+                    live.append(vehicle)
+                values = _vehicle_values(
+                    fleet, vehicle_id, vehicle, is_stale, setpoints, inputs
+                )
+                cached = cache.get(vehicle_id)
+                if cached is None or cached[0] != values:
+                    cached = (values, VehicleSnapshot(vehicle_id, *values))
+                new_cache[vehicle_id] = cached
+                vehicles[vehicle_id] = cached[1]
+            yield
+        self._cache = new_cache
+        flexibility_up = yield from flexibility_steps(live, 1.0, inputs.safety, now)
+        flexibility_down = yield from flexibility_steps(live, -1.0, inputs.safety, now)
+        last = metrics.last or {}
+        return FleetSnapshot(
+            connected=inputs.connected,
+            vehicles=vehicles,
+            vehicles_available=sum(1 for v in live if v.available),
+            flexibility_up_kw=flexibility_up,
+            flexibility_down_kw=flexibility_down,
+            last_ack_rate=last.get("ack_rate"),
+            ack_rate_24h=metrics.ack_rate_24h(now),
+            ack_rate_sla=inputs.ack_rate_sla,
+            last_dispatch_at=parse_iso_time(last.get("started_at")),
+            last_status=last.get("status"),
+            last_requested_kw=last.get("requested_kw"),
+            last_acknowledged_kw=last.get("acknowledged_kw"),
+            dispatches=metrics.dispatches,
+            orders_sent=metrics.orders_sent,
+            orders_acknowledged=metrics.orders_acknowledged,
+            publish_failures=metrics.publish_failures,
+            ack_latency_p95_ms=metrics.latency_p95(),
+        )
+
+
+def _vehicle_values(
+    fleet: FleetState,
+    vehicle_id: str,
+    vehicle: Vehicle,
+    is_stale: bool,
+    setpoints: Mapping[str, float],
+    inputs: SnapshotInputs,
+) -> _Values:
+    """What the entities of one vehicle show, in `VehicleSnapshot` order."""
+    stats = fleet.stats.get(vehicle_id)
+    discharged = fleet.energy_discharged_kwh.get(vehicle_id, 0.0)
+    prediction = inputs.prediction
+    return (
+        vehicle.is_v2g,
+        inputs.subentry_ids.get(vehicle_id),
+        is_stale,
+        vehicle.soc if vehicle_id in inputs.soc_known else None,
+        vehicle.available,
+        round(setpoints.get(vehicle_id, 0.0), 3),
+        None if stats is None else stats.ack_rate,
+        None
+        if stats is None or stats.last_latency_ms is None
+        else round(stats.last_latency_ms, 3),
+        discharged,
+        fleet.energy_charged_kwh.get(vehicle_id, 0.0),
+        co2_avoided_g(discharged, inputs.emission_factor)
+        if inputs.emission_factor > 0
+        else 0.0,
+        None if prediction is None else prediction.availability(vehicle_id, inputs.now),
+    )
+
+
+def flexibility_steps(
+    vehicles: Sequence[Vehicle],
+    direction: float,
+    safety: SafetySettings,
+    now: datetime,
+) -> Steps[float]:
+    """Power the live fleet could sustain for 15 min in one direction (kW).
+
+    Only the safety rules apply (aFRR has no signal-type rule of its own).
+    """
+    probe = FlexibilitySignal(
+        signal_type=SignalType.AFRR,
+        power_kw=direction,
+        duration_s=FLEXIBILITY_PROBE_S,
+        start=now,
+    )
+    total = 0.0
+    for chunk in chunks(vehicles):
+        total += evaluate_eligibility(chunk, probe, safety, now).total_capacity_kw
+        yield
+    return round(total, 3)
