@@ -51,7 +51,6 @@ from homeassistant.helpers.event import (
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util, ulid as ulid_util
 
-from .config_flow import default_options
 from .const import (
     ATTR_CONFIG_ENTRY_ID,
     CONF_ACK_RATE_SLA,
@@ -128,6 +127,7 @@ from .engine import (
     run_steps,
 )
 from .history import HistoryPrediction
+from .options import default_options
 from .storage import DispatchLogStore, FleetStore, InFlightStore, interrupted_entry
 from .transport import (
     MqttOrderTransport,
