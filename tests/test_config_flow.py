@@ -9,6 +9,7 @@ from typing import Any
 from unittest.mock import AsyncMock, patch
 
 from homeassistant.config_entries import SOURCE_USER, ConfigSubentryData
+from homeassistant.const import CONF_NAME
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType, section
 from homeassistant.helpers.selector import SelectSelector, TextSelector
@@ -21,7 +22,6 @@ from custom_components.v2g.config_flow import (
     OPTION_SECTIONS,
     SECTION_ADVANCED_TOPICS,
     command_topic_base,
-    default_options,
     format_prediction_profile,
     parse_prediction_profile,
 )
@@ -32,7 +32,6 @@ from custom_components.v2g.const import (
     CONF_DISCOVERY_TOPIC,
     CONF_GATEWAY_ACK_TOPIC,
     CONF_GATEWAY_COMMAND_TOPIC,
-    CONF_NAME,
     CONF_STATE_TOPIC,
     CONF_TELEMETRY_REQUEST_TOPIC,
     CONF_WEBHOOK_ID,
@@ -41,6 +40,8 @@ from custom_components.v2g.const import (
     DOMAIN,
     SUBENTRY_TYPE_VEHICLE,
 )
+from custom_components.v2g.engine import FallbackMode, SignalType, Strategy
+from custom_components.v2g.options import FleetOptions, default_options
 
 EN_JSON = (
     Path(__file__).parent.parent
@@ -218,15 +219,25 @@ async def test_user_flow_mqtt_not_configured(hass: HomeAssistant) -> None:
     _assert_translated(result, STRINGS["config"])
 
 
-async def test_user_flow_mqtt_data_missing(
+async def test_user_flow_mqtt_not_loaded(hass: HomeAssistant) -> None:
+    # Configured but not (or not yet) set up: no client to publish with.
+    MockConfigEntry(domain="mqtt", data={"broker": "127.0.0.1"}).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_USER}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "mqtt_not_configured"
+
+
+async def test_user_flow_mqtt_unloaded(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient
 ) -> None:
-    with patch(
-        "custom_components.v2g.config_flow.mqtt.is_connected", side_effect=KeyError
-    ):
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": SOURCE_USER}
-        )
+    (mqtt_entry,) = hass.config_entries.async_entries("mqtt")
+    assert await hass.config_entries.async_unload(mqtt_entry.entry_id)
+    await hass.async_block_till_done()
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_USER}
+    )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "mqtt_not_configured"
 
@@ -368,7 +379,7 @@ async def test_user_flow_advanced_topic_errors(
 
 
 async def test_user_flow_reports_first_advanced_error_and_command_error(
-    hass: HomeAssistant, mqtt_mock: MqttMockHAClient
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock
 ) -> None:
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_USER}
@@ -381,11 +392,33 @@ async def test_user_flow_reports_first_advanced_error_and_command_error(
             state_topic="v2g/state",
         ),
     )
+    assert result["type"] is FlowResultType.FORM
     assert result["errors"] == {
         CONF_COMMAND_TOPIC: "vehicle_placeholder_required",
         SECTION_ADVANCED_TOPICS: "advanced_wildcard_not_allowed",
     }
     assert result["description_placeholders"]["topic"] == "vehicle/#"
+    _assert_translated(result, STRINGS["config"])
+
+    # Fixing the command topic alone still reports the advanced topic.
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], _user_input(ack_topic="vehicle/#", state_topic="v2g/state")
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {
+        SECTION_ADVANCED_TOPICS: "advanced_wildcard_not_allowed"
+    }
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        _user_input(state_topic="v2g/state/{vehicle_id}/now"),
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"] == {
+        **ENTRY_DATA,
+        CONF_STATE_TOPIC: "v2g/state/{vehicle_id}/now",
+    }
+    assert len(mock_setup_entry.mock_calls) == 1
 
 
 async def test_user_flow_topics_that_must_differ(
@@ -598,6 +631,33 @@ async def test_options_round_trip(
     assert len(mock_setup_entry.mock_calls) == 2  # OptionsFlowWithReload reloaded
     assert not entry.update_listeners
 
+    # The runtime reads them typed, percentages as fractions.
+    fleet = FleetOptions.from_entry(entry)
+    assert fleet.settings.strategies == {
+        SignalType.FCR: Strategy.EQUAL,
+        SignalType.AFRR: Strategy.OPTIMAL,
+        SignalType.MA: Strategy.SEGMENTED,
+        SignalType.NEBEF: Strategy.EQUAL,
+        SignalType.ECOWATT: Strategy.SMART,
+    }
+    assert fleet.settings.fallback is FallbackMode.PROBABILISTIC
+    assert fleet.settings.ack_timeout_s == 2.5
+    assert fleet.settings.safety.min_soc == pytest.approx(0.20)
+    assert fleet.settings.safety.safe_discharge_floor == pytest.approx(0.15)
+    assert fleet.settings.safety.soc_constraints is False
+    assert fleet.settings.stale_timeout_s == 600.0
+    assert fleet.qos == 2
+    assert fleet.stale_timeout == 600.0
+    assert fleet.emission_factor == 56.0
+    assert fleet.ack_rate_sla == pytest.approx(0.95)
+    assert fleet.telemetry_mode == "hybrid"
+    assert fleet.poll_interval == 30.0
+    assert fleet.prediction == "static_profile"
+    assert fleet.prediction_profile == pytest.approx([0.8] * 12 + [0.255] * 12)
+    assert fleet.prediction_lookback_days == 14
+    assert fleet.webhook_enabled is False
+    assert fleet.webhook_id is None
+
     # The form shows the stored options next time.
     result = await hass.config_entries.options.async_init(entry.entry_id)
     assert _defaults(result["data_schema"]) == _options_input(**expected)
@@ -633,13 +693,28 @@ async def test_options_webhook_id_generated_once(
     assert entry.options[CONF_WEBHOOK_ID] == webhook_id
     assert entry.options["ack_rate_sla"] == 80.0
 
-    # The form tells the user where to POST signals.
+    # The form tells the user where to POST signals, read only, in the reporting
+    # section (a field: its text is translated, the value is only the path).
     result = await hass.config_entries.options.async_init(entry.entry_id)
-    placeholders = result["description_placeholders"]
-    assert placeholders == {"webhook_url": f"/api/webhook/{webhook_id}"}
+    assert not result["description_placeholders"]
+    reporting = result["data_schema"].schema["reporting"].schema
+    url_selector = next(v for k, v in reporting.schema.items() if k == "webhook_url")
+    assert isinstance(url_selector, TextSelector)
+    assert url_selector.config["read_only"] is True
+    assert _defaults(result["data_schema"])["reporting"]["webhook_url"] == (
+        f"/api/webhook/{webhook_id}"
+    )
+    # Submitting the form as shown stores no path.
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], _defaults(result["data_schema"])
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert "webhook_url" not in entry.options
+    assert FleetOptions.from_entry(entry).webhook_id == webhook_id
+
     await save(webhook_enabled=False)
     result = await hass.config_entries.options.async_init(entry.entry_id)
-    assert webhook_id not in result["description_placeholders"]["webhook_url"]
+    assert "webhook_url" not in _defaults(result["data_schema"])["reporting"]
 
 
 async def test_options_fill_missing_keys(
@@ -653,6 +728,24 @@ async def test_options_fill_missing_keys(
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert entry.options == default_options() | {"qos": 0, "min_soc": 30.0}
+
+
+def test_fleet_options_fill_defaults_and_ignore_a_bad_profile() -> None:
+    # An entry from an older version: most keys missing, a profile the engine
+    # cannot read (the options form would not have stored it).
+    fleet = FleetOptions.from_options(
+        {"ack_rate_sla": 50, "prediction_profile": "oops", "webhook_id": "abc"}
+    )
+    defaults = FleetOptions.from_options(default_options())
+    assert fleet.ack_rate_sla == 0.5
+    assert fleet.prediction_profile is None
+    assert fleet.webhook_id == "abc"
+    assert fleet.settings == defaults.settings
+    assert defaults.settings.safety.min_soc == pytest.approx(0.10)
+    assert defaults.settings.strategies[SignalType.FCR] is Strategy.OPTIMAL
+    assert defaults.ack_rate_sla == pytest.approx(0.90)
+    assert defaults.prediction_profile == (1.0,) * 24
+    assert defaults.webhook_id is None
 
 
 @pytest.mark.parametrize(
@@ -979,8 +1072,11 @@ async def test_forms_are_fully_translated(
     )
     _check_fields(result["data_schema"], config["step"]["user"])
 
+    # Webhook on: the options form shows every field, the webhook path too.
     entry = await _create_entry(
-        hass, subentries_data=[_vehicle_subentry("car-1", "sub1")]
+        hass,
+        options=default_options() | {"webhook_enabled": True, CONF_WEBHOOK_ID: "x"},
+        subentries_data=[_vehicle_subentry("car-1", "sub1")],
     )
     result = await entry.start_reconfigure_flow(hass)
     _check_fields(result["data_schema"], config["step"]["reconfigure"])

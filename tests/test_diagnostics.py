@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from homeassistant.core import HomeAssistant
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_mqtt_message

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 import json
+from pathlib import Path
+import re
 from typing import Any
 from unittest.mock import patch
 
+from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.helpers.service import async_get_all_descriptions
 from homeassistant.util import dt as dt_util
 import pytest
 from pytest_homeassistant_custom_component.common import (
@@ -29,6 +33,15 @@ from custom_components.v2g.transport import SubscriptionGate
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 
+STRINGS: dict[str, Any] = json.loads(
+    (
+        Path(__file__).parent.parent
+        / "custom_components"
+        / DOMAIN
+        / "translations"
+        / "en.json"
+    ).read_text(encoding="utf-8")
+)
 FAST = {CONF_ACK_TIMEOUT: 0.05}
 ORDER_KEYS = {
     "command_id",
@@ -438,6 +451,7 @@ async def test_discover_publish_failure(
 async def test_get_dispatch_log_filters(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
+    await hass.config.async_set_time_zone("Europe/Paris")
     await _fleet(hass, count=3)
     FleetResponder(hass, fleet_mqtt)
     before = dt_util.utcnow()
@@ -478,17 +492,30 @@ async def test_get_dispatch_log_filters(
         start=before.isoformat(), end=dt_util.utcnow().isoformat()
     ) == list(ids.values())
     assert await query(start=(dt_util.utcnow() + timedelta(hours=1)).isoformat()) == []
-    # A naive time (the UI's datetime selector) is local time.
-    naive = dt_util.now().replace(tzinfo=None) - timedelta(hours=1)
-    assert len(await query(start=naive.isoformat())) == 5
+    # A naive time (the UI's datetime selector) is local time (UTC+1 or +2 here).
+    naive_now = dt_util.now().replace(tzinfo=None)
+    assert len(await query(start=(naive_now - timedelta(minutes=30)).isoformat())) == 5
+    assert await query(start=(naive_now + timedelta(minutes=30)).isoformat()) == []
     with pytest.raises(ServiceValidationError) as err:
         await query(start=dt_util.utcnow().isoformat(), end=before.isoformat())
     assert err.value.translation_key == "invalid_time_range"
 
 
-async def test_plan_day_ahead(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
-) -> None:
+async def _plan(hass: HomeAssistant, **data: Any) -> dict[str, Any]:
+    result = await hass.services.async_call(
+        DOMAIN,
+        "plan_day_ahead",
+        {"config_entry_id": ENTRY_ID, **data},
+        blocking=True,
+        return_response=True,
+    )
+    assert isinstance(result, dict)
+    return result
+
+
+async def _plan_fleet(hass: HomeAssistant) -> None:
+    """A fleet in Paris (UTC+1 in March): two 5 kW V2G vehicles, one that is not."""
+    await hass.config.async_set_time_zone("Europe/Paris")
     await async_setup_fleet(hass)
     await async_announce(
         hass,
@@ -497,30 +524,39 @@ async def test_plan_day_ahead(
         ("ice", {"IsV2G": False}),
     )
 
-    async def plan(**data: Any) -> dict[str, Any]:
-        result = await hass.services.async_call(
-            DOMAIN,
-            "plan_day_ahead",
-            {"config_entry_id": ENTRY_ID, "date": "2026-03-02", **data},
-            blocking=True,
-            return_response=True,
-        )
-        assert result is not None
-        return result
 
-    result = await plan(
+def _timeslots(result: dict[str, Any], vehicle_id: str) -> list[str]:
+    return [e["timeslot"] for e in result["entries"] if e["vehicle_id"] == vehicle_id]
+
+
+async def test_plan_day_ahead_windows_are_local_time(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    await _plan_fleet(hass)
+
+    # 12:00 to 24:00 in Paris is 11:00 to 23:00 UTC.
+    result = await _plan(
+        hass,
+        date="2026-03-02",
         target_kwh=12,
         windows={"v2": [{"start": "12:00", "end": "24:00"}]},
     )
     assert result["date"] == "2026-03-02"
+    assert result["slot_minutes"] == 60
+    assert result["target_kwh"] == 12.0
     assert result["vehicles"] == ["v1", "v2"]
     assert result["total_kwh"] == pytest.approx(12.0)
+    assert _timeslots(result, "v2") == [
+        f"2026-03-02T{hour:02d}:00:00Z" for hour in range(11, 23)
+    ]
+    assert len(_timeslots(result, "v1")) == 24
     assert result["csv"].startswith("vehicle_id,timeslot,power_kw\n")
-    for entry in result["entries"]:
-        if entry["vehicle_id"] == "v2":
-            assert entry["timeslot"] >= "2026-03-02T12:00:00"
-    # ISO bounds work too, and a vehicle subset.
-    result = await plan(
+    assert result["csv"].count("\n") == len(result["entries"]) + 1
+
+    # ISO bounds: with an offset as given, without one in Paris time.
+    result = await _plan(
+        hass,
+        date="2026-03-02",
         target_kwh=2,
         slot_minutes=30,
         vehicles=["v1"],
@@ -528,36 +564,129 @@ async def test_plan_day_ahead(
             "v1": [{"start": "2026-03-02T12:00:00+00:00", "end": "2026-03-02T18:00:00"}]
         },
     )
-    assert {e["vehicle_id"] for e in result["entries"]} == {"v1"}
+    assert result["vehicles"] == ["v1"]
+    assert _timeslots(result, "v1") == [
+        f"2026-03-02T{minutes // 60:02d}:{minutes % 60:02d}:00Z"
+        for minutes in range(12 * 60, 17 * 60, 30)
+    ]
 
-    for data, key in (
-        ({"target_kwh": 1000, "vehicles": ["v1"]}, "plan_infeasible"),
-        ({"target_kwh": 5, "vehicles": ["ghost"]}, "unknown_vehicles"),
-        ({"target_kwh": -1}, "invalid_value"),
+
+async def test_plan_day_ahead_default_date_is_tomorrow_in_local_time(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, freezer: FrozenDateTimeFactory
+) -> None:
+    # 00:30 on 2 March in Paris, still 1 March in UTC.
+    freezer.move_to("2026-03-01T23:30:00+00:00")
+    await _plan_fleet(hass)
+
+    result = await _plan(
+        hass, target_kwh=4, windows={"v1": [{"start": "06:00", "end": "08:00"}]}
+    )
+
+    assert result["date"] == "2026-03-03"
+    assert _timeslots(result, "v1") == [
+        "2026-03-03T05:00:00Z",
+        "2026-03-03T06:00:00Z",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "placeholders"),
+    [
+        (
+            {"target_kwh": 1000, "vehicles": ["v1"]},
+            "plan_insufficient_capacity",
+            {"target_kwh": "1000"},
+        ),
+        (
+            {"target_kwh": 5, "vehicles": ["v1", "ghost", "ice", "phantom"]},
+            "unknown_vehicles",
+            {"vehicles": "ghost, phantom"},
+        ),
+        ({"target_kwh": -1}, "plan_target_not_positive", {"target_kwh": "-1"}),
+        ({"target_kwh": 0}, "plan_target_not_positive", {"target_kwh": "0"}),
         (
             {"target_kwh": 5, "windows": {"v1": [{"start": "18:00", "end": "12:00"}]}},
-            "invalid_window",
+            "invalid_window_order",
+            {
+                "vehicle_id": "v1",
+                "start": "2026-03-02 18:00:00",
+                "end": "2026-03-02 12:00:00",
+            },
+        ),
+        (
+            {
+                "target_kwh": 5,
+                "windows": {
+                    "v2": [
+                        {"start": "2026-03-02T10:00:00+00:00", "end": "11:00"},
+                    ]
+                },
+            },
+            "invalid_window_order",
+            {
+                "vehicle_id": "v2",
+                "start": "2026-03-02 11:00:00",
+                "end": "2026-03-02 11:00:00",
+            },
         ),
         (
             {"target_kwh": 5, "windows": {"v1": [{"start": "noon", "end": "13:00"}]}},
-            "invalid_window",
+            "invalid_window_time",
+            {"vehicle_id": "v1", "time": "noon"},
         ),
-    ):
-        with pytest.raises(ServiceValidationError) as err:
-            await plan(**data)
-        assert err.value.translation_key == key
+        (
+            {"target_kwh": 5, "windows": {"v1": [{"start": "08:00", "end": "25:00"}]}},
+            "invalid_window_time",
+            {"vehicle_id": "v1", "time": "25:00"},
+        ),
+    ],
+)
+async def test_plan_day_ahead_bad_input(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    data: dict[str, Any],
+    key: str,
+    placeholders: dict[str, str],
+) -> None:
+    await _plan_fleet(hass)
+    with pytest.raises(ServiceValidationError) as err:
+        await _plan(hass, date="2026-03-02", **data)
+    assert err.value.translation_domain == DOMAIN
+    assert err.value.translation_key == key
+    assert err.value.translation_placeholders == placeholders
+    # The message has a text for the key and uses exactly these placeholders:
+    # values only, the sentence is translated.
+    message = STRINGS["exceptions"][key]["message"]
+    assert set(re.findall(r"{(\w+)}", message)) == set(placeholders)
 
 
 async def test_plan_day_ahead_without_vehicles(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
     await async_setup_fleet(hass)
+    await async_announce(hass, ("ice", {"IsV2G": False}))
     with pytest.raises(ServiceValidationError) as err:
-        await hass.services.async_call(
-            DOMAIN,
-            "plan_day_ahead",
-            {"config_entry_id": ENTRY_ID, "target_kwh": 5},
-            blocking=True,
-            return_response=True,
-        )
+        await _plan(hass, target_kwh=5)
     assert err.value.translation_key == "plan_no_vehicles"
+    assert "plan_no_vehicles" in STRINGS["exceptions"]
+
+
+async def test_action_descriptions(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    await async_setup_fleet(hass)
+    descriptions = await async_get_all_descriptions(hass)
+    fields = descriptions[DOMAIN]["plan_day_ahead"]["fields"]
+    # Examples are YAML values the action accepts, not JSON strings.
+    assert fields["windows"]["example"] == {
+        "car-1": [{"start": "08:00", "end": "18:00"}]
+    }
+    assert fields["vehicles"]["example"] == ["car-1", "car-2"]
+    # Home Assistant reads braces in these texts as placeholders.
+    for service in STRINGS["services"].values():
+        texts = [service["name"], service["description"]]
+        for field in service["fields"].values():
+            texts.extend((field["name"], field["description"]))
+        for text in texts:
+            assert "{" not in text, text
+            assert "}" not in text, text

@@ -12,8 +12,8 @@ from homeassistant.exceptions import HomeAssistantError
 import pytest
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.v2g.engine import Order, SignalType
 from custom_components.v2g.channels import GatewayChannel, OrderRouter, VehicleChannel
+from custom_components.v2g.engine import Order, SignalType
 from custom_components.v2g.transport import (
     SubscriptionGate,
     TopicTemplate,

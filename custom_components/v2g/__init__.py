@@ -78,7 +78,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="mqtt_not_ready"
         )
-    if not await mqtt.util.async_wait_for_mqtt_client(hass):
+    if not await mqtt.async_wait_for_mqtt_client(hass):
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="mqtt_not_ready"
         )

@@ -1,25 +1,24 @@
 """Config flow for V2G Fleet Dispatch.
 
 - ``user``: checks that Home Assistant's MQTT integration is set up and connected,
-  then asks for a fleet name and the MQTT topic templates (DESIGN §3). The unique id
-  is the command topic base (the template with its ``{vehicle_id}`` level replaced
-  by ``+``): one entry per command topic base.
+  then asks for a fleet name and the MQTT topic templates (docs/protocol.md). The
+  unique id is the command topic base (the template with its ``{vehicle_id}`` level
+  replaced by ``+``): one entry per command topic base.
 - ``reconfigure``: the same form, prefilled from the entry; updates the entry data
   (and unique id) and reloads the entry.
 - options (``OptionsFlowWithReload``, no update listener): dispatch, safety,
   prediction, telemetry and reporting settings, shown in sections but stored flat in
-  ``entry.options`` (see :func:`default_options`).
+  ``entry.options`` (see :func:`.options.default_options`).
 - vehicle subentries: vehicles added or edited by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from homeassistant.components import mqtt, webhook
 from homeassistant.config_entries import (
-    ConfigEntry,
     ConfigFlow,
     ConfigFlowResult,
     ConfigSubentry,
@@ -27,6 +26,7 @@ from homeassistant.config_entries import (
     OptionsFlowWithReload,
     SubentryFlowResult,
 )
+from homeassistant.const import CONF_NAME
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.data_entry_flow import section
 from homeassistant.helpers.selector import (
@@ -58,7 +58,6 @@ from .const import (
     CONF_IS_V2G,
     CONF_MAX_POWER,
     CONF_MIN_SOC,
-    CONF_NAME,
     CONF_PLUGGED_ENTITY,
     CONF_POLL_INTERVAL,
     CONF_PREDICTION,
@@ -74,27 +73,12 @@ from .const import (
     CONF_VEHICLE_ID,
     CONF_WEBHOOK_ENABLED,
     CONF_WEBHOOK_ID,
-    DEFAULT_ACK_RATE_SLA,
-    DEFAULT_ACK_TIMEOUT,
-    DEFAULT_EMISSION_FACTOR,
-    DEFAULT_FALLBACK,
-    DEFAULT_MIN_SOC,
     DEFAULT_NAME,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_PREDICTION,
-    DEFAULT_PREDICTION_LOOKBACK_DAYS,
-    DEFAULT_PREDICTION_PROFILE,
-    DEFAULT_QOS,
-    DEFAULT_SAFE_DISCHARGE_FLOOR,
-    DEFAULT_SOC_CONSTRAINTS,
-    DEFAULT_STALE_TIMEOUT,
     DEFAULT_STRATEGIES,
-    DEFAULT_TELEMETRY_MODE,
     DEFAULT_TOPICS,
     DEFAULT_VEHICLE_BATTERY_KWH,
     DEFAULT_VEHICLE_IS_V2G,
     DEFAULT_VEHICLE_MAX_POWER_KW,
-    DEFAULT_WEBHOOK_ENABLED,
     DOMAIN,
     FALLBACK_MODES,
     GATEWAY_ID_PLACEHOLDER,
@@ -112,6 +96,10 @@ from .const import (
     VEHICLE_ID_PLACEHOLDER,
     VEHICLE_TOPIC_KEYS,
 )
+from .options import default_options, effective_options
+
+if TYPE_CHECKING:
+    from .coordinator import V2GConfigEntry
 
 MQTT_DOMAIN: Final = "mqtt"
 MAX_TOPIC_BYTES: Final = 65535
@@ -134,6 +122,8 @@ SECTION_SAFETY: Final = "safety"
 SECTION_PREDICTION: Final = "prediction"
 SECTION_TELEMETRY: Final = "telemetry"
 SECTION_REPORTING: Final = "reporting"
+# Read-only field of the reporting section: the path of the signal webhook.
+FIELD_WEBHOOK_URL: Final = "webhook_url"
 OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     SECTION_DISPATCH: (*STRATEGY_KEYS, CONF_FALLBACK, CONF_ACK_TIMEOUT, CONF_QOS),
     SECTION_SAFETY: (CONF_MIN_SOC, CONF_SAFE_DISCHARGE_FLOOR, CONF_SOC_CONSTRAINTS),
@@ -145,45 +135,6 @@ OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     SECTION_TELEMETRY: (CONF_TELEMETRY_MODE, CONF_POLL_INTERVAL, CONF_STALE_TIMEOUT),
     SECTION_REPORTING: (CONF_EMISSION_FACTOR, CONF_ACK_RATE_SLA, CONF_WEBHOOK_ENABLED),
 }
-
-
-def default_options() -> dict[str, Any]:
-    """Return the complete default options of a fleet entry (a new dict).
-
-    Keys and value types (all stored flat in ``entry.options``):
-    ``strategy_<signal>`` str, ``fallback`` str, ``ack_timeout`` float (s),
-    ``qos`` int, ``min_soc`` / ``safe_discharge_floor`` float (percent),
-    ``soc_constraints`` bool, ``prediction`` str, ``prediction_profile`` str (24
-    comma-separated percentages), ``prediction_lookback_days`` int,
-    ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
-    ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
-    ``webhook_enabled`` bool. ``webhook_id`` (str) is added by the options flow the
-    first time the webhook is enabled, so it is not part of the defaults.
-    """
-    options: dict[str, Any] = {
-        f"{CONF_STRATEGY_PREFIX}{signal}": strategy
-        for signal, strategy in DEFAULT_STRATEGIES.items()
-    }
-    options.update(
-        {
-            CONF_FALLBACK: DEFAULT_FALLBACK,
-            CONF_ACK_TIMEOUT: DEFAULT_ACK_TIMEOUT,
-            CONF_QOS: DEFAULT_QOS,
-            CONF_MIN_SOC: DEFAULT_MIN_SOC,
-            CONF_SAFE_DISCHARGE_FLOOR: DEFAULT_SAFE_DISCHARGE_FLOOR,
-            CONF_SOC_CONSTRAINTS: DEFAULT_SOC_CONSTRAINTS,
-            CONF_PREDICTION: DEFAULT_PREDICTION,
-            CONF_PREDICTION_PROFILE: DEFAULT_PREDICTION_PROFILE,
-            CONF_PREDICTION_LOOKBACK_DAYS: DEFAULT_PREDICTION_LOOKBACK_DAYS,
-            CONF_TELEMETRY_MODE: DEFAULT_TELEMETRY_MODE,
-            CONF_POLL_INTERVAL: DEFAULT_POLL_INTERVAL,
-            CONF_STALE_TIMEOUT: DEFAULT_STALE_TIMEOUT,
-            CONF_EMISSION_FACTOR: DEFAULT_EMISSION_FACTOR,
-            CONF_ACK_RATE_SLA: DEFAULT_ACK_RATE_SLA,
-            CONF_WEBHOOK_ENABLED: DEFAULT_WEBHOOK_ENABLED,
-        }
-    )
-    return options
 
 
 def parse_prediction_profile(text: str) -> list[float]:
@@ -349,14 +300,16 @@ def _entry_schema(defaults: Mapping[str, Any]) -> vol.Schema:
 
 
 def _mqtt_problem(hass: HomeAssistant) -> str | None:
-    """Return why Home Assistant's MQTT integration cannot be used, if it cannot."""
+    """Return why Home Assistant's MQTT integration cannot be used, if it cannot.
+
+    Reads the MQTT entry state rather than awaiting
+    ``mqtt.async_wait_for_mqtt_client``, which can block the form for up to 50 s
+    while MQTT retries its setup. A loaded MQTT entry has its client, so
+    ``mqtt.is_connected`` can then be asked.
+    """
     if not hass.config_entries.async_loaded_entries(MQTT_DOMAIN):
         return "mqtt_not_configured"
-    try:
-        connected = mqtt.is_connected(hass)
-    except KeyError:  # MQTT data not set up (entry being unloaded)
-        return "mqtt_not_configured"
-    return None if connected else "mqtt_not_connected"
+    return None if mqtt.is_connected(hass) else "mqtt_not_connected"
 
 
 class V2GConfigFlow(ConfigFlow, domain=DOMAIN):
@@ -366,14 +319,14 @@ class V2GConfigFlow(ConfigFlow, domain=DOMAIN):
 
     @staticmethod
     @callback
-    def async_get_options_flow(config_entry: ConfigEntry) -> V2GOptionsFlow:
+    def async_get_options_flow(config_entry: V2GConfigEntry) -> V2GOptionsFlow:
         """Return the options flow."""
         return V2GOptionsFlow()
 
     @classmethod
     @callback
     def async_get_supported_subentry_types(
-        cls, config_entry: ConfigEntry
+        cls, config_entry: V2GConfigEntry
     ) -> dict[str, type[ConfigSubentryFlow]]:
         """Return the subentry types: vehicles added by hand."""
         return {SUBENTRY_TYPE_VEHICLE: VehicleSubentryFlowHandler}
@@ -488,27 +441,37 @@ def _option_selectors() -> dict[str, Selector[Any]]:
     return selectors
 
 
-def _options_schema(current: Mapping[str, Any]) -> vol.Schema:
-    """Return the options schema; defaults are the current (flat) options."""
+def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> vol.Schema:
+    """Return the options schema; defaults are the current (flat) options.
+
+    ``webhook_path`` (where external systems POST signals) is shown read only in
+    the reporting section when there is one.
+    """
     selectors = _option_selectors()
+    sections: dict[str, dict[vol.Marker, Any]] = {
+        name: {
+            vol.Required(
+                key,
+                # Select selectors take strings (the QoS level).
+                default=str(current[key]) if key == CONF_QOS else current[key],
+            ): selectors[key]
+            for key in keys
+        }
+        for name, keys in OPTION_SECTIONS.items()
+    }
+    if webhook_path is not None:
+        # Shown, never stored: _validate_options keeps the option keys only.
+        sections[SECTION_REPORTING][
+            vol.Optional(
+                FIELD_WEBHOOK_URL, description={"suggested_value": webhook_path}
+            )
+        ] = TextSelector(TextSelectorConfig(read_only=True))
     return vol.Schema(
         {
             vol.Required(name): section(
-                vol.Schema(
-                    {
-                        vol.Required(
-                            key,
-                            # Select selectors take strings (the QoS level).
-                            default=str(current[key])
-                            if key == CONF_QOS
-                            else current[key],
-                        ): selectors[key]
-                        for key in keys
-                    }
-                ),
-                {"collapsed": name != SECTION_DISPATCH},
+                vol.Schema(fields), {"collapsed": name != SECTION_DISPATCH}
             )
-            for name, keys in OPTION_SECTIONS.items()
+            for name, fields in sections.items()
         }
     )
 
@@ -570,20 +533,21 @@ class V2GOptionsFlow(OptionsFlowWithReload):
                     # Kept when the webhook is disabled: re-enabling it keeps the URL.
                     options[CONF_WEBHOOK_ID] = webhook_id
                 return self.async_create_entry(data=options)
-        current = default_options() | dict(self.config_entry.options)
+        current = effective_options(self.config_entry.options)
         webhook_id = current.get(CONF_WEBHOOK_ID)
+        # The id exists once the webhook was saved enabled; its path is shown while
+        # the saved options keep it enabled.
+        webhook_path = (
+            webhook.async_generate_path(webhook_id)
+            if current[CONF_WEBHOOK_ENABLED] and webhook_id
+            else None
+        )
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
-                _options_schema(current), user_input
+                _options_schema(current, webhook_path), user_input
             ),
             errors=errors,
-            # Where to POST signals: the id is generated when the webhook is enabled.
-            description_placeholders={
-                "webhook_url": webhook.async_generate_path(webhook_id)
-                if current[CONF_WEBHOOK_ENABLED] and webhook_id
-                else "(enable the signal webhook and save to get one)"
-            },
         )
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+# Home Assistant's own keys, re-exported (the "as" form, for mypy) for the modules
+# that still import them from here: coordinator.py, logbook.py, tests/e2e.
+from homeassistant.const import (
+    ATTR_CONFIG_ENTRY_ID as ATTR_CONFIG_ENTRY_ID,  # noqa: PLC0414
+    CONF_NAME as CONF_NAME,  # noqa: PLC0414
+)
+
 DOMAIN: Final = "v2g"
 LOGGER = logging.getLogger(__package__)
 
 # --- Config entry data (set in the config flow, changed by reconfigure) -----------
-CONF_NAME: Final = "name"
 CONF_COMMAND_TOPIC: Final = "command_topic"
 CONF_ACK_TOPIC: Final = "ack_topic"
 CONF_DISCOVERY_TOPIC: Final = "discovery_topic"
@@ -95,7 +101,7 @@ DEFAULT_STALE_TIMEOUT: Final = 300.0
 DEFAULT_EMISSION_FACTOR: Final = 0.0
 DEFAULT_ACK_RATE_SLA: Final = 90.0
 DEFAULT_WEBHOOK_ENABLED: Final = False
-# Default strategy per signal type (DESIGN §6): smart, FCR optimal.
+# Default strategy per signal type: smart, FCR optimal.
 DEFAULT_STRATEGIES: Final[dict[str, str]] = {
     "FCR": "optimal",
     "aFRR": "smart",
@@ -118,7 +124,6 @@ SERVICE_DISPATCH: Final = "dispatch"
 SERVICE_DISCOVER: Final = "discover"
 SERVICE_GET_DISPATCH_LOG: Final = "get_dispatch_log"
 SERVICE_PLAN_DAY_AHEAD: Final = "plan_day_ahead"
-ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 
 EVENT_DISPATCH_COMPLETED: Final = "v2g_dispatch_completed"
 

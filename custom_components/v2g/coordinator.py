@@ -29,23 +29,15 @@ from homeassistant.util import dt as dt_util
 
 from .channels import GatewayChannel, OrderRouter, VehicleChannel
 from .const import (
-    CONF_ACK_RATE_SLA,
     CONF_ACK_TOPIC,
     CONF_COMMAND_TOPIC,
     CONF_DISCOVERY_RESPONSE_TOPIC,
     CONF_DISCOVERY_TOPIC,
-    CONF_EMISSION_FACTOR,
     CONF_GATEWAY_ACK_TOPIC,
     CONF_GATEWAY_COMMAND_TOPIC,
-    CONF_POLL_INTERVAL,
-    CONF_PREDICTION_LOOKBACK_DAYS,
-    CONF_QOS,
-    CONF_STALE_TIMEOUT,
     CONF_STATE_TOPIC,
-    CONF_TELEMETRY_MODE,
     CONF_TELEMETRY_REQUEST_TOPIC,
     CONF_TELEMETRY_RESPONSE_TOPIC,
-    DEFAULT_PREDICTION_LOOKBACK_DAYS,
     DEFAULT_TOPICS,
     DISCOVERY_PAYLOAD,
     DISCOVERY_WINDOW_S,
@@ -80,7 +72,7 @@ from .engine.snapshot import (
 from .history import HistoryLearner
 from .intake import InputLog, MqttIntake, Route
 from .manual_vehicles import ManualVehicles
-from .options import availability_prediction, default_options, dispatch_settings
+from .options import FleetOptions, availability_prediction, effective_options
 from .persistence import FleetData, FleetPersistence
 from .runtime import HassRuntime
 from .storage import DispatchLogStore, interrupted_entry
@@ -123,10 +115,11 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             always_update=True,
             request_refresh_debouncer=self._refresh_debouncer,
         )
-        self.options: dict[str, Any] = {**default_options(), **entry.options}
+        self.options: dict[str, Any] = effective_options(entry.options)
+        self.config = FleetOptions.from_options(self.options)
         self.topics: dict[str, str] = {**DEFAULT_TOPICS, **dict(entry.data)}
-        self.qos = int(self.options[CONF_QOS])
-        self.settings = dispatch_settings(self.options)
+        self.qos = self.config.qos
+        self.settings = self.config.settings
         self.persistence = persistence
         self.fleet = restored.fleet
         self.metrics = restored.metrics
@@ -150,7 +143,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             ],
         )
         self.router.before_publish = self._async_save_running
-        self.prediction = availability_prediction(self.options, self.fleet)
+        self.prediction = availability_prediction(self.config, self.fleet)
         self.engine = DispatchEngine(
             self.router,
             self.runtime,
@@ -229,12 +222,12 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, self._handle_stop),
             )
         )
-        if self.options[CONF_TELEMETRY_MODE] != TELEMETRY_PUSH:
+        if self.config.telemetry_mode != TELEMETRY_PUSH:
             self._unsubs.append(
                 async_track_time_interval(
                     hass,
                     self._async_poll_telemetry,
-                    timedelta(seconds=float(self.options[CONF_POLL_INTERVAL])),
+                    timedelta(seconds=self.config.poll_interval),
                     name=f"{DOMAIN} telemetry poll",
                 )
             )
@@ -243,11 +236,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 hass,
                 self.config_entry,
                 self.prediction,
-                lookback_days=float(
-                    self.options.get(
-                        CONF_PREDICTION_LOOKBACK_DAYS, DEFAULT_PREDICTION_LOOKBACK_DAYS
-                    )
-                ),
+                lookback_days=self.config.prediction_lookback_days,
                 vehicle_ids=lambda: self.fleet.vehicles,
                 configured_entities=self.manual.plugged_entities,
                 on_learned=self.async_refresh,
@@ -284,7 +273,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             )
         )
         telemetry_keys = [CONF_STATE_TOPIC]
-        if self.options[CONF_TELEMETRY_MODE] != TELEMETRY_PUSH:
+        if self.config.telemetry_mode != TELEMETRY_PUSH:
             telemetry_keys.append(CONF_TELEMETRY_RESPONSE_TOPIC)
         routes.extend(
             Route(
@@ -327,9 +316,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def stale_ids(self) -> set[str]:
         """The vehicles silent for longer than the stale timeout."""
         return set(
-            self.fleet.stale_ids(
-                self.runtime.monotonic(), float(self.options[CONF_STALE_TIMEOUT])
-            )
+            self.fleet.stale_ids(self.runtime.monotonic(), self.config.stale_timeout)
         )
 
     async def _async_update_data(self) -> FleetSnapshot:
@@ -339,8 +326,8 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             stale=self.stale_ids(),
             connected=self.connected,
             safety=self.settings.safety,
-            ack_rate_sla=float(self.options[CONF_ACK_RATE_SLA]) / 100.0,
-            emission_factor=float(self.options[CONF_EMISSION_FACTOR]),
+            ack_rate_sla=self.config.ack_rate_sla,
+            emission_factor=self.config.emission_factor,
             soc_known=self.soc_known,
             subentry_ids=self.manual.subentry_ids,
             prediction=self.prediction,

@@ -1,12 +1,18 @@
-"""Actions: v2g.dispatch, v2g.discover, v2g.get_dispatch_log, v2g.plan_day_ahead."""
+"""Actions: v2g.dispatch, v2g.discover, v2g.get_dispatch_log, v2g.plan_day_ahead.
+
+Times without an offset given to an action are Home Assistant's local time; the
+engine gets UTC. See docs/actions.md.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 import math
 from typing import Any, Final, cast
 
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import ATTR_CONFIG_ENTRY_ID
 from homeassistant.core import (
     HomeAssistant,
     ServiceCall,
@@ -20,7 +26,6 @@ from homeassistant.util import dt as dt_util
 import voluptuous as vol
 
 from .const import (
-    ATTR_CONFIG_ENTRY_ID,
     DOMAIN,
     SERVICE_DISCOVER,
     SERVICE_DISPATCH,
@@ -28,7 +33,14 @@ from .const import (
     SERVICE_PLAN_DAY_AHEAD,
 )
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
-from .engine import InvalidValueError, SignalType, Strategy
+from .engine import (
+    InfeasiblePlanError,
+    InvalidValueError,
+    SignalType,
+    Strategy,
+    Vehicle,
+    plan_day_ahead,
+)
 
 ATTR_SIGNAL_TYPE: Final = "signal_type"
 ATTR_POWER_KW: Final = "power_kw"
@@ -130,25 +142,108 @@ def _get_coordinator(call: ServiceCall) -> V2GFleetCoordinator:
 
 
 def _window_time(day: date, text: str, vehicle_id: str) -> datetime:
-    """Parse a window bound: a time of day (on ``day``, UTC) or an ISO datetime."""
+    """Parse a window bound to UTC: a time of day on ``day`` or an ISO datetime.
+
+    Both are Home Assistant's local time unless the datetime has an offset;
+    ``24:00`` is the midnight that ends ``day``.
+    """
+    local = dt_util.get_default_time_zone()
     if (parsed_time := dt_util.parse_time(text)) is not None:
-        return datetime.combine(day, parsed_time, tzinfo=dt_util.UTC)
+        return dt_util.as_utc(datetime.combine(day, parsed_time, tzinfo=local))
     if text in ("24:00", "24:00:00"):
-        return datetime.combine(day + timedelta(days=1), time(), tzinfo=dt_util.UTC)
+        return dt_util.as_utc(datetime.combine(day + timedelta(days=1), time(), local))
     if (parsed := dt_util.parse_datetime(text)) is not None:
-        return (
-            dt_util.as_utc(parsed)
-            if parsed.tzinfo
-            else parsed.replace(tzinfo=dt_util.UTC)
-        )
+        return dt_util.as_utc(parsed)  # naive: local time
     raise ServiceValidationError(
         translation_domain=DOMAIN,
-        translation_key="invalid_window",
-        translation_placeholders={
-            "vehicle_id": vehicle_id,
-            "reason": f"cannot read the time {text!r}",
-        },
+        translation_key="invalid_window_time",
+        translation_placeholders={"vehicle_id": vehicle_id, "time": text},
     )
+
+
+def _local_text(value: datetime) -> str:
+    """Format a UTC time for a message: local, to the second."""
+    return dt_util.as_local(value).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def plan_fleet_day_ahead(
+    fleet_vehicles: Mapping[str, Vehicle],
+    *,
+    target_kwh: float,
+    slot_minutes: int,
+    day: date,
+    vehicle_ids: Sequence[str] | None = None,
+    windows: Mapping[str, Sequence[tuple[datetime, datetime]]] | None = None,
+) -> dict[str, Any]:
+    """Plan an energy target over a day (NEBEF-style) with a fleet's vehicles.
+
+    Args:
+        fleet_vehicles: the fleet's vehicles by id (``coordinator.fleet.vehicles``).
+        target_kwh: energy to deliver over the day.
+        slot_minutes: slot length, 1 to 1440.
+        day: the day to plan.
+        vehicle_ids: the vehicles to plan with; None: every V2G vehicle.
+        windows: availability windows (UTC) per vehicle id; a vehicle without
+            windows is available all day.
+
+    Returns:
+        The action response: the plan's entries and the same plan as CSV.
+
+    Raises:
+        ServiceValidationError: unknown vehicles, no vehicle, a target that is
+            not positive, a window that ends before it starts, or a target the
+            vehicles cannot deliver in their windows.
+    """
+    if vehicle_ids is None:
+        vehicles = [v for v in fleet_vehicles.values() if v.is_v2g]
+    else:
+        if unknown := [vid for vid in vehicle_ids if vid not in fleet_vehicles]:
+            raise ServiceValidationError(
+                translation_domain=DOMAIN,
+                translation_key="unknown_vehicles",
+                translation_placeholders={"vehicles": ", ".join(unknown[:10])},
+            )
+        vehicles = [fleet_vehicles[vid] for vid in dict.fromkeys(vehicle_ids)]
+    if not vehicles:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN, translation_key="plan_no_vehicles"
+        )
+    if not target_kwh > 0.0:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="plan_target_not_positive",
+            translation_placeholders={"target_kwh": f"{target_kwh:g}"},
+        )
+    windows = windows or {}
+    for vehicle_id, spans in windows.items():
+        for start, end in spans:
+            if end <= start:
+                raise ServiceValidationError(
+                    translation_domain=DOMAIN,
+                    translation_key="invalid_window_order",
+                    translation_placeholders={
+                        "vehicle_id": vehicle_id,
+                        "start": _local_text(start),
+                        "end": _local_text(end),
+                    },
+                )
+    try:
+        plan = plan_day_ahead(vehicles, windows, target_kwh, slot_minutes, day)
+    except InfeasiblePlanError as err:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="plan_insufficient_capacity",
+            translation_placeholders={"target_kwh": f"{target_kwh:g}"},
+        ) from err
+    return {
+        "date": plan.day.isoformat(),
+        "slot_minutes": plan.slot_minutes,
+        "target_kwh": plan.target_kwh,
+        "total_kwh": round(plan.total_kwh, 6),
+        "vehicles": [v.vehicle_id for v in vehicles],
+        "entries": plan.as_dicts(),
+        "csv": plan.to_csv(),
+    }
 
 
 @callback
@@ -205,8 +300,9 @@ def async_setup_services(hass: HomeAssistant) -> None:
 
     async def async_plan_day_ahead(call: ServiceCall) -> ServiceResponse:
         coordinator = _get_coordinator(call)
+        # Day ahead: tomorrow in Home Assistant's time zone.
         day: date = call.data.get(ATTR_DATE) or (
-            dt_util.utcnow().date() + timedelta(days=1)
+            dt_util.now().date() + timedelta(days=1)
         )
         windows: dict[str, list[tuple[datetime, datetime]]] = {}
         for vehicle_id, items in call.data.get(ATTR_WINDOWS, {}).items():
@@ -218,7 +314,8 @@ def async_setup_services(hass: HomeAssistant) -> None:
                 for item in items
             ]
         vehicles = call.data.get(ATTR_VEHICLES)
-        return coordinator.plan_day_ahead(
+        return plan_fleet_day_ahead(
+            coordinator.fleet.vehicles,
             target_kwh=call.data[ATTR_TARGET_KWH],
             slot_minutes=call.data[ATTR_SLOT_MINUTES],
             day=day,
