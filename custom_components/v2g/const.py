@@ -122,7 +122,6 @@ ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 
 EVENT_DISPATCH_COMPLETED: Final = "v2g_dispatch_completed"
 
-STORAGE_VERSION: Final = 1
 DISPATCH_LOG_MAX_ENTRIES: Final = 1000
 DISCOVERY_WINDOW_S: Final = 2.0
 # Largest MQTT payload accepted from a vehicle; a gateway ack batch may be larger,
