@@ -127,7 +127,6 @@ SERVICE_PLAN_DAY_AHEAD: Final = "plan_day_ahead"
 
 EVENT_DISPATCH_COMPLETED: Final = "v2g_dispatch_completed"
 
-STORAGE_VERSION: Final = 1
 DISPATCH_LOG_MAX_ENTRIES: Final = 1000
 DISCOVERY_WINDOW_S: Final = 2.0
 # Largest MQTT payload accepted from a vehicle; a gateway ack batch may be larger,

@@ -3,13 +3,18 @@
 Three Home Assistant ``Store`` files per config entry:
 
 * ``v2g.<entry_id>.fleet`` — the fleet state and the metric totals, saved with a
-  debounce (telemetry changes it often; the final write on shutdown flushes it);
-* ``v2g.<entry_id>.dispatch_log`` — the bounded dispatch log (DESIGN §4 responses);
+  delay (telemetry changes it often; the final write on shutdown flushes it);
+* ``v2g.<entry_id>.dispatch_log`` — the bounded dispatch log (the responses of
+  docs/actions.md);
 * ``v2g.<entry_id>.in_flight`` — one record per dispatch that has started and not
   ended, written with its orders *before* the first order is published and removed
   with the dispatch log's delay once it ended. A record still present when the
   entry starts again means Home Assistant stopped (or crashed) in the middle of a
   dispatch: it becomes an ``interrupted`` log entry.
+
+Each file carries a version and a minor version; an older file is migrated when
+it is loaded (Home Assistant then writes it again in the current format), a file
+of an unknown major version is refused (`NotImplementedError`).
 """
 
 from __future__ import annotations
@@ -18,19 +23,28 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-import threading
 from typing import Any
 
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
+from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.helpers.storage import Store
 from homeassistant.util import dt as dt_util
 
-from .const import DISPATCH_LOG_MAX_ENTRIES, DOMAIN, STORAGE_VERSION
+from .const import DISPATCH_LOG_MAX_ENTRIES, DOMAIN
 from .engine import Steps, async_run_steps, run_steps
 
+# Format versions of the three files. Minor 2 of the fleet file: the metrics no
+# longer carry their own "version" key (the file's version governs them). Minor 2
+# of the two others changes nothing in their data (their migrations exist, and are
+# tested, before a change needs them).
+FLEET_STORAGE_VERSION = 1
+FLEET_STORAGE_MINOR_VERSION = 2
+DISPATCH_LOG_STORAGE_VERSION = 1
+DISPATCH_LOG_STORAGE_MINOR_VERSION = 2
+IN_FLIGHT_STORAGE_VERSION = 1
+IN_FLIGHT_STORAGE_MINOR_VERSION = 2
+
 FLEET_SAVE_DELAY_S = 10.0
-# The writer thread waits this long at most for the loop to build the data.
-FLEET_BUILD_TIMEOUT_S = 60.0
 LOG_SAVE_DELAY_S = 1.0
 # The log is also bounded by the orders it holds in total: a 200-vehicle dispatch
 # is ~55 kB of JSON (~120 kB in memory), so 1,000 of them would hold ~120 MB and
@@ -55,8 +69,171 @@ def _parse_time(value: Any) -> datetime | None:
     return None
 
 
+# --- file formats -------------------------------------------------------------------
+# Home Assistant calls `_async_migrate_func` when a file's version or minor version
+# differs from the store's, then saves what it returns. A newer minor version of the
+# same major version is readable as it is (returned unchanged); another major
+# version raises `NotImplementedError`, and Home Assistant refuses to load the file.
+
+
+class _FleetFile(Store[dict[str, Any]]):
+    """The fleet file, migrated from older formats when loaded."""
+
+    async def _async_migrate_func(
+        self, old_major_version: int, old_minor_version: int, old_data: Any
+    ) -> dict[str, Any]:
+        if old_major_version != FLEET_STORAGE_VERSION:
+            raise NotImplementedError
+        if not isinstance(old_data, dict):
+            return {}  # unreadable: what the loader makes of it anyway
+        data = dict(old_data)
+        metrics = data.get("metrics")
+        if old_minor_version < 2 and isinstance(metrics, dict):
+            # 1.2: the metrics are read whatever their own (now dropped) version.
+            data["metrics"] = {k: v for k, v in metrics.items() if k != "version"}
+        return data
+
+
+class _DispatchLogFile(Store[dict[str, Any]]):
+    """The dispatch log file, migrated from older formats when loaded."""
+
+    async def _async_migrate_func(
+        self, old_major_version: int, old_minor_version: int, old_data: Any
+    ) -> dict[str, Any]:
+        if old_major_version != DISPATCH_LOG_STORAGE_VERSION:
+            raise NotImplementedError
+        # 1.1 to 1.2: the same data (only the minor version is written now).
+        return old_data if isinstance(old_data, dict) else {}
+
+
+class _InFlightFile(Store[dict[str, Any]]):
+    """The in-flight file, migrated from older formats when loaded."""
+
+    async def _async_migrate_func(
+        self, old_major_version: int, old_minor_version: int, old_data: Any
+    ) -> dict[str, Any]:
+        if old_major_version != IN_FLIGHT_STORAGE_VERSION:
+            raise NotImplementedError
+        # 1.1 to 1.2: the same data (only the minor version is written now).
+        return old_data if isinstance(old_data, dict) else {}
+
+
+# --- delayed writes -----------------------------------------------------------------
+
+
+class _DelayedWriter:
+    """Writes a store at most ``delay`` seconds after its first unsaved change.
+
+    When the delay is over, the data is built in steps on the event loop (the
+    loop runs between two steps), in a background task, and handed finished to
+    the Store, whose writer thread only encodes and writes it
+    (``serialize_in_event_loop=False``): no thread ever waits on the loop.
+    Home Assistant's final write builds the latest data at once (nothing else
+    runs then) and writes it.
+    """
+
+    def __init__(
+        self, hass: HomeAssistant, store: Store[dict[str, Any]], delay: float
+    ) -> None:
+        self._hass = hass
+        self._store = store
+        self._delay = delay
+        self._steps_fn: Callable[[], Steps[dict[str, Any]]] | None = None
+        # Each scheduled save is a change; a write holds the changes counted when
+        # its build began, so one begun earlier never replaces a newer one.
+        self._changes = 0
+        self._written = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._unsub_final_write: CALLBACK_TYPE | None = None
+
+    @callback
+    def async_schedule(self, steps_fn: Callable[[], Steps[dict[str, Any]]]) -> None:
+        """Write what ``steps_fn`` builds once the delay is over."""
+        self._steps_fn = steps_fn
+        self._changes += 1
+        if self._unsub_final_write is None:
+            self._unsub_final_write = self._hass.bus.async_listen_once(
+                EVENT_HOMEASSISTANT_FINAL_WRITE, self._async_final_write
+            )
+        if self._timer is None:
+            self._timer = self._hass.loop.call_later(self._delay, self._start_write)
+
+    @callback
+    def _start_write(self) -> None:
+        self._timer = None
+        if self._task is not None:  # a write is still building: the next one waits
+            self._timer = self._hass.loop.call_later(self._delay, self._start_write)
+            return
+        task = self._hass.async_create_background_task(
+            self._async_write(), f"{DOMAIN} save {self._store.key}"
+        )
+        self._task = task
+        task.add_done_callback(self._write_done)
+
+    @callback
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None
+
+    def _pending(self) -> tuple[Callable[[], Steps[dict[str, Any]]], int] | None:
+        """The build of the unsaved changes and their count, if any."""
+        if self._steps_fn is None or self._changes <= self._written:
+            return None
+        return self._steps_fn, self._changes
+
+    async def _async_hand_over(self, changes: int, data: dict[str, Any]) -> None:
+        if changes <= self._written:  # a build begun later was written already
+            return
+        self._written = changes
+        await self._store.async_save(data)
+
+    async def _async_write(self) -> None:
+        if (pending := self._pending()) is not None:
+            steps_fn, changes = pending
+            await self._async_hand_over(changes, await async_run_steps(steps_fn()))
+
+    async def _async_final_write(self, _event: Event) -> None:
+        self._unsub_final_write = None
+        self._cancel_timer()
+        if (pending := self._pending()) is not None:
+            steps_fn, changes = pending
+            # Nothing else has to run now: build at once (10,000 vehicles: ~60 ms).
+            await self._async_hand_over(changes, run_steps(steps_fn()))
+
+    @callback
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @callback
+    def _stop_listening(self) -> None:
+        self._cancel_timer()
+        if self._unsub_final_write is not None:
+            self._unsub_final_write()
+            self._unsub_final_write = None
+
+    async def _async_wait_for_write(self) -> None:
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def async_flush(self) -> None:
+        """Write the pending changes now; leave no timer or listener behind."""
+        self._stop_listening()
+        await self._async_wait_for_write()
+        await self._async_write()
+
+    async def async_remove(self) -> None:
+        """Forget the pending changes and delete the file."""
+        self._stop_listening()
+        await self._async_wait_for_write()  # so no write lands after the removal
+        self._written = self._changes
+        await self._store.async_remove()
+
+
 class FleetStore:
-    """Known vehicles and metric totals, saved with a debounce.
+    """Known vehicles and metric totals, saved with a delay.
 
     The data of a 10,000-vehicle fleet takes ~60 ms to build and ~10 ms to
     encode. It is built in steps on the event loop (the loop runs between two
@@ -65,19 +242,18 @@ class FleetStore:
 
     def __init__(self, hass: HomeAssistant, entry_id: str) -> None:
         """Create the store of one config entry."""
-        self._hass = hass
-        self._store: Store[dict[str, Any]] = Store(
+        self._store = _FleetFile(
             hass,
-            STORAGE_VERSION,
+            FLEET_STORAGE_VERSION,
             _key(entry_id, "fleet"),
             atomic_writes=True,
+            minor_version=FLEET_STORAGE_MINOR_VERSION,
             serialize_in_event_loop=False,
         )
-        self._steps_fn: Callable[[], Steps[dict[str, Any]]] | None = None
-        self._dirty = False
+        self._writer = _DelayedWriter(hass, self._store, FLEET_SAVE_DELAY_S)
 
     async def async_load(self) -> dict[str, Any] | None:
-        """Return what was saved, or None."""
+        """Return what was saved (in the current format), or None."""
         data = await self._store.async_load()
         return data if isinstance(data, dict) else None
 
@@ -85,38 +261,29 @@ class FleetStore:
     def async_schedule_save(
         self, steps_fn: Callable[[], Steps[dict[str, Any]]]
     ) -> None:
-        """Save soon (coalesced); flushed by Home Assistant's final write.
+        """Save soon: at most `FLEET_SAVE_DELAY_S` after the first unsaved change.
 
-        ``steps_fn`` builds the data in steps (`engine.steps`) when it is written.
+        ``steps_fn`` builds the data in steps (`engine.steps`) when it is written;
+        the data it returns must not change afterwards (another thread encodes it).
+        Home Assistant's final write saves the latest data.
         """
-        self._steps_fn = steps_fn
-        self._dirty = True
-        self._store.async_delay_save(self._data, FLEET_SAVE_DELAY_S)
-
-    def _data(self) -> dict[str, Any]:
-        """The data to write, built on the event loop (called by the writer)."""
-        steps_fn = self._steps_fn
-        assert steps_fn is not None  # set before any save is scheduled
-        self._dirty = False
-        if self._hass.loop_thread_id == threading.get_ident():
-            return run_steps(steps_fn())
-        return asyncio.run_coroutine_threadsafe(
-            async_run_steps(steps_fn()), self._hass.loop
-        ).result(timeout=FLEET_BUILD_TIMEOUT_S)
+        self._writer.async_schedule(steps_fn)
 
     async def async_flush(self) -> None:
         """Write a pending save now (on unload) and cancel its timer."""
-        if self._dirty and self._steps_fn is not None:
-            self._dirty = False
-            await self._store.async_save(await async_run_steps(self._steps_fn()))
+        await self._writer.async_flush()
 
     async def async_remove(self) -> None:
         """Delete the file (entry removed)."""
-        await self._store.async_remove()
+        await self._writer.async_remove()
 
 
 class DispatchLogStore:
-    """Bounded, persisted log of finished dispatches (DESIGN §4 responses)."""
+    """Bounded, persisted log of finished dispatches (docs/actions.md responses).
+
+    An entry is not changed once appended: the Store's writer thread encodes the
+    entries (a 10,000-vehicle dispatch is ~2.6 MB of JSON, ~6 ms to encode).
+    """
 
     def __init__(
         self,
@@ -126,14 +293,19 @@ class DispatchLogStore:
         max_orders: int = LOG_MAX_ORDERS,
     ) -> None:
         """Create the log of one config entry."""
-        self._store: Store[dict[str, Any]] = Store(
-            hass, STORAGE_VERSION, _key(entry_id, "dispatch_log"), atomic_writes=True
+        self._store = _DispatchLogFile(
+            hass,
+            DISPATCH_LOG_STORAGE_VERSION,
+            _key(entry_id, "dispatch_log"),
+            atomic_writes=True,
+            minor_version=DISPATCH_LOG_STORAGE_MINOR_VERSION,
+            serialize_in_event_loop=False,
         )
+        self._writer = _DelayedWriter(hass, self._store, LOG_SAVE_DELAY_S)
         self._entries: deque[dict[str, Any]] = deque()
         self._max_entries = max_entries
         self._max_orders = max_orders
         self._orders = 0  # orders (both rounds) of the entries held
-        self._dirty = False
 
     async def async_load(self) -> None:
         """Read the saved entries."""
@@ -153,25 +325,29 @@ class DispatchLogStore:
         ):
             self._orders -= _order_count(entries.popleft())
 
-    def _data(self) -> dict[str, Any]:
-        self._dirty = False
-        return {"entries": list(self._entries)}
+    def _data_steps(self) -> Steps[dict[str, Any]]:
+        """The data to write: a copy of the list of entries, taken on the loop."""
+        data = {"entries": list(self._entries)}
+        yield
+        return data
 
     @callback
     def append(self, entry: Mapping[str, Any]) -> None:
-        """Add a finished dispatch (the oldest ones drop out when full)."""
+        """Add a finished dispatch (the oldest ones drop out when full).
+
+        Written at most `LOG_SAVE_DELAY_S` later (and by Home Assistant's final
+        write).
+        """
         self._add(dict(entry))
-        self._dirty = True
-        self._store.async_delay_save(self._data, LOG_SAVE_DELAY_S)
+        self._writer.async_schedule(self._data_steps)
 
     async def async_flush(self) -> None:
         """Write pending entries now (on unload)."""
-        if self._dirty:
-            await self._store.async_save(self._data())
+        await self._writer.async_flush()
 
     async def async_remove(self) -> None:
         """Delete the file (entry removed)."""
-        await self._store.async_remove()
+        await self._writer.async_remove()
 
     def __len__(self) -> int:
         """Return the number of entries."""
@@ -240,8 +416,12 @@ class InFlightStore:
 
     def __init__(self, hass: HomeAssistant, entry_id: str) -> None:
         """Create the marker store of one config entry."""
-        self._store: Store[dict[str, Any]] = Store(
-            hass, STORAGE_VERSION, _key(entry_id, "in_flight"), atomic_writes=True
+        self._store = _InFlightFile(
+            hass,
+            IN_FLIGHT_STORAGE_VERSION,
+            _key(entry_id, "in_flight"),
+            atomic_writes=True,
+            minor_version=IN_FLIGHT_STORAGE_MINOR_VERSION,
         )
         self._records: dict[str, dict[str, Any]] = {}
         self._dirty = False
