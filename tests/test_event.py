@@ -44,9 +44,7 @@ async def test_outcome_events(
         fleet_mqtt,
         {"v1": "ack", "v2": "reject", "v3": "ignore", "v4": "fail"},
     )
-    with patch(
-        "custom_components.v2g.coordinator.DispatchSettings.retry_backoff_s", 0.0
-    ):
+    with patch("custom_components.v2g.engine.DispatchSettings.retry_backoff_s", 0.0):
         response = await hass.services.async_call(
             DOMAIN,
             "dispatch",

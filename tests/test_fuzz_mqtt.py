@@ -35,6 +35,7 @@ from unittest.mock import patch
 
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.json import json_dumps
+from homeassistant.util import dt as dt_util
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from paho.mqtt.client import topic_matches_sub
 import pytest
@@ -55,11 +56,14 @@ from custom_components.v2g.const import (
     MAX_VEHICLE_PAYLOAD_BYTES,
 )
 from custom_components.v2g.coordinator import V2GFleetCoordinator
+from custom_components.v2g.diagnostics import vehicle_state
 from custom_components.v2g.engine import (
     MAX_GATEWAY_PAYLOAD_BYTES,
     AckDisposition,
+    SafetySettings,
     run_steps,
 )
+from custom_components.v2g.engine.snapshot import SnapshotBuilder, SnapshotInputs
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 
@@ -453,7 +457,7 @@ class Accounting:
 
     def snapshot(self) -> tuple[Counter[str], Counter[str], int]:
         return (
-            Counter(self.coordinator.counters),
+            Counter(self.coordinator.input_log.counters),
             Counter(self.coordinator.engine.tracker.counters),
             self.fleet_updates,
         )
@@ -532,6 +536,20 @@ def _run_hypothesis(
     )(fire)()
 
 
+def _snapshot_inputs() -> SnapshotInputs:
+    return SnapshotInputs(
+        now=dt_util.utcnow(),
+        stale=set(),
+        connected=True,
+        safety=SafetySettings(),
+        ack_rate_sla=0.9,
+        emission_factor=50.0,
+        soc_known=set(),
+        subentry_ids={},
+        prediction=None,
+    )
+
+
 async def _dispatch_waiting(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> tuple[asyncio.Task[Any], FleetResponder]:
@@ -598,9 +616,21 @@ async def test_fuzz_subscribed_topic(
         if outcome == "handled" and accounting.fleet_updates > before[2]:
             # What was accepted must stay usable: entity snapshot, the fleet's
             # saved form and diagnostics are built and serialised.
-            coordinator._build_snapshot()
-            json.loads(json_dumps(run_steps(coordinator._fleet_data_steps())))
-            json.loads(json_dumps(coordinator.diagnostics()))
+            snapshot = run_steps(
+                SnapshotBuilder().steps(
+                    coordinator.fleet, coordinator.metrics, _snapshot_inputs()
+                )
+            )
+            assert set(snapshot.vehicles) == set(coordinator.fleet.vehicles)
+            json.loads(json_dumps(run_steps(coordinator.fleet.as_dict_steps())))
+            json.loads(
+                json_dumps(
+                    [
+                        vehicle_state(coordinator, vid)
+                        for vid in coordinator.fleet.vehicles
+                    ]
+                )
+            )
 
     try:
         _run_hypothesis(kind, strategies[kind](), fire_one)

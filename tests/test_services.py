@@ -207,9 +207,7 @@ async def test_dispatch_publish_failure(
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt, default="fail")
 
-    with patch(
-        "custom_components.v2g.coordinator.DispatchSettings.retry_backoff_s", 0.0
-    ):
+    with patch("custom_components.v2g.engine.DispatchSettings.retry_backoff_s", 0.0):
         response = await _dispatch(hass, power_kw=12)
 
     assert response["status"] == "failed"
@@ -387,8 +385,8 @@ async def test_dispatch_waits_for_subscription_confirmation(
     entry = await _fleet(hass)
     responder = FleetResponder(hass, fleet_mqtt)
     coordinator = entry.runtime_data
-    confirmed = coordinator.gate
-    coordinator.gate = SubscriptionGate()  # a subscription never confirmed
+    confirmed = coordinator.intake.gate
+    coordinator.intake.gate = SubscriptionGate()  # a subscription never confirmed
     with (
         patch("custom_components.v2g.coordinator.SUBSCRIBE_CONFIRM_TIMEOUT_S", 0.01),
         pytest.raises(HomeAssistantError) as err,
@@ -397,7 +395,7 @@ async def test_dispatch_waits_for_subscription_confirmation(
     assert err.value.translation_key == "subscription_not_confirmed"
     assert responder.command_publishes() == []
     # Once confirmed, the dispatch proceeds.
-    coordinator.gate = confirmed
+    coordinator.intake.gate = confirmed
     assert (await _dispatch(hass, power_kw=5))["status"] == "completed"
 
 

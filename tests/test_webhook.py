@@ -82,7 +82,7 @@ async def _fleet(hass: HomeAssistant, **options: Any) -> MockConfigEntry:
 
 
 def _counters(entry: MockConfigEntry) -> dict[str, int]:
-    return entry.runtime_data.counters
+    return entry.runtime_data.input_log.counters
 
 
 # --- accepted signals ----------------------------------------------------------------
