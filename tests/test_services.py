@@ -388,7 +388,7 @@ async def test_dispatch_waits_for_subscription_confirmation(
     confirmed = coordinator.intake.gate
     coordinator.intake.gate = SubscriptionGate()  # a subscription never confirmed
     with (
-        patch("custom_components.v2g.coordinator.SUBSCRIBE_CONFIRM_TIMEOUT_S", 0.01),
+        patch("custom_components.v2g.dispatcher.SUBSCRIBE_CONFIRM_TIMEOUT_S", 0.01),
         pytest.raises(HomeAssistantError) as err,
     ):
         await _dispatch(hass, power_kw=5)

@@ -16,7 +16,7 @@ change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 import functools
 from typing import Any, Protocol
@@ -24,7 +24,13 @@ from typing import Any, Protocol
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant
 
-from .const import MAX_VEHICLE_PAYLOAD_BYTES
+from .const import (
+    CONF_ACK_TOPIC,
+    CONF_COMMAND_TOPIC,
+    CONF_GATEWAY_ACK_TOPIC,
+    CONF_GATEWAY_COMMAND_TOPIC,
+    MAX_VEHICLE_PAYLOAD_BYTES,
+)
 from .engine import (
     MAX_GATEWAY_PAYLOAD_BYTES,
     DispatchEngine,
@@ -34,7 +40,7 @@ from .engine import (
     encode_order,
 )
 from .intake import Route
-from .transport import TopicTemplate
+from .transport import TopicTemplate, gateway_template
 
 # Sends started per event-loop iteration: starting the first step of 10,000
 # publish calls in one iteration would block the loop for ~100 ms.
@@ -182,6 +188,26 @@ def _publish(
 ) -> Coroutine[Any, Any, None]:
     # Bytes go out as they are (a str would be encoded again by HA's client).
     return mqtt.async_publish(hass, topic, payload, qos=qos, retain=False)
+
+
+def mqtt_channels(
+    hass: HomeAssistant, topics: Mapping[str, str], qos: int
+) -> list[CommandChannel]:
+    """The MQTT channels of a fleet's topics: gateways first, then vehicles."""
+    return [
+        GatewayChannel(
+            hass,
+            gateway_template(topics[CONF_GATEWAY_COMMAND_TOPIC]),
+            gateway_template(topics[CONF_GATEWAY_ACK_TOPIC]),
+            qos,
+        ),
+        VehicleChannel(
+            hass,
+            TopicTemplate(topics[CONF_COMMAND_TOPIC]),
+            TopicTemplate(topics[CONF_ACK_TOPIC]),
+            qos,
+        ),
+    ]
 
 
 class OrderRouter:

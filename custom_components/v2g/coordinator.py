@@ -1,25 +1,30 @@
 """Fleet runtime of one config entry: wires the engine to Home Assistant.
 
 `V2GFleetCoordinator` is a push-style ``DataUpdateCoordinator[FleetSnapshot]``:
-nothing is polled. MQTT input (intake.py), hand-added vehicles
-(manual_vehicles.py) and dispatches change the fleet; a new immutable
-`FleetSnapshot` (engine/snapshot.py) is built in steps by the base class's
-refresh: right away after a dispatch or a discovery, through the base class's
-debouncer for telemetry, so state writes stay bounded. Orders go out through
-the command channels (channels.py); what survives a restart lives in
-persistence.py.
+nothing is polled. What changes the fleet:
+
+* MQTT input, through one table of routes (intake.py): the answers of the
+  command channels (channels.py) and what vehicles tell about themselves
+  (fleet_input.py);
+* hand-added vehicles and the HA entities they follow (manual_vehicles.py);
+* dispatches (dispatcher.py).
+
+A new immutable `FleetSnapshot` (engine/snapshot.py) is built in steps by the
+base class's refresh: right away after a dispatch or a discovery, through the
+base class's debouncer for telemetry bursts, so state writes stay bounded.
+Vehicle entities get it through vehicle_updates.py; what survives a restart
+lives in persistence.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.const import ATTR_CONFIG_ENTRY_ID, EVENT_HOMEASSISTANT_STOP
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.debounce import Debouncer
@@ -27,63 +32,38 @@ from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 from homeassistant.util import dt as dt_util
 
-from .channels import GatewayChannel, OrderRouter, VehicleChannel
-from .const import (
-    CONF_ACK_TOPIC,
-    CONF_COMMAND_TOPIC,
-    CONF_DISCOVERY_RESPONSE_TOPIC,
-    CONF_DISCOVERY_TOPIC,
-    CONF_GATEWAY_ACK_TOPIC,
-    CONF_GATEWAY_COMMAND_TOPIC,
-    CONF_STATE_TOPIC,
-    CONF_TELEMETRY_REQUEST_TOPIC,
-    CONF_TELEMETRY_RESPONSE_TOPIC,
-    DEFAULT_TOPICS,
-    DISCOVERY_PAYLOAD,
-    DISCOVERY_WINDOW_S,
-    DOMAIN,
-    EVENT_DISPATCH_COMPLETED,
-    LOGGER,
-    MAX_VEHICLE_PAYLOAD_BYTES,
-    TELEMETRY_POLL_PAYLOAD,
-    TELEMETRY_PUSH,
-)
-from .dispatching import build_request, invalid_value, starting_record
+from .channels import OrderRouter, mqtt_channels
+from .const import DEFAULT_TOPICS, DISCOVERY_WINDOW_S, DOMAIN, LOGGER, TELEMETRY_PUSH
+from .dispatcher import FleetDispatcher
 from .engine import (
     DispatchEngine,
     DispatchResult,
-    EngineError,
-    InvalidValueError,
     SignalType,
     Strategy,
     Vehicle,
     async_run_steps,
-    decode_telemetry,
-    decode_vehicle,
 )
 from .engine.availability import HistoryPrediction
-from .engine.metrics import parse_iso_time
 from .engine.snapshot import (
     FleetSnapshot,
     SnapshotBuilder,
     SnapshotInputs,
     VehicleSnapshot,
 )
+from .fleet_input import FleetInput
 from .history import HistoryLearner
-from .intake import InputLog, MqttIntake, Route
+from .intake import InputLog, MqttIntake
 from .manual_vehicles import ManualVehicles
 from .options import FleetOptions, availability_prediction, effective_options
 from .persistence import FleetData, FleetPersistence
 from .runtime import HassRuntime
-from .storage import DispatchLogStore, interrupted_entry
-from .transport import TopicTemplate, gateway_template
+from .storage import DispatchLogStore
 from .vehicle_updates import VehicleUpdates
 
 type V2GConfigEntry = ConfigEntry[V2GFleetCoordinator]
 
 __all__ = ["FleetSnapshot", "V2GConfigEntry", "V2GFleetCoordinator", "VehicleSnapshot"]
 
-SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
 HOUSEKEEPING_INTERVAL = timedelta(seconds=30)
 TELEMETRY_COALESCE_S = 1.0
 
@@ -118,36 +98,20 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.options: dict[str, Any] = effective_options(entry.options)
         self.config = FleetOptions.from_options(self.options)
         self.topics: dict[str, str] = {**DEFAULT_TOPICS, **dict(entry.data)}
-        self.qos = self.config.qos
-        self.settings = self.config.settings
         self.persistence = persistence
         self.fleet = restored.fleet
         self.metrics = restored.metrics
         self.soc_known = restored.soc_known
         self.runtime = HassRuntime(hass)
-        self.router = OrderRouter(
-            hass,
-            [
-                GatewayChannel(
-                    hass,
-                    gateway_template(self.topics[CONF_GATEWAY_COMMAND_TOPIC]),
-                    gateway_template(self.topics[CONF_GATEWAY_ACK_TOPIC]),
-                    self.qos,
-                ),
-                VehicleChannel(
-                    hass,
-                    self._template(CONF_COMMAND_TOPIC),
-                    self._template(CONF_ACK_TOPIC),
-                    self.qos,
-                ),
-            ],
-        )
+        self.connected = False
+        qos = self.config.qos
+        self.router = OrderRouter(hass, mqtt_channels(hass, self.topics, qos))
         self.router.before_publish = self._async_save_running
         self.prediction = availability_prediction(self.config, self.fleet)
         self.engine = DispatchEngine(
             self.router,
             self.runtime,
-            self.settings,
+            self.config.settings,
             self.fleet,
             prediction=self.prediction,
         )
@@ -162,10 +126,29 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             on_change=self._fleet_changed,
         )
         self.vehicle_updates = VehicleUpdates(hass, entry)
-        self.connected = False
+        self.dispatcher = FleetDispatcher(
+            hass,
+            entry,
+            self.engine,
+            persistence=persistence,
+            metrics=self.metrics,
+            intake=self.intake,
+            vehicle_updates=self.vehicle_updates,
+            connected=lambda: self.connected,
+            refresh=self.async_refresh,
+        )
+        self.fleet_input = FleetInput(
+            hass,
+            self.topics,
+            qos,
+            fleet=self.fleet,
+            soc_known=self.soc_known,
+            manual=self.manual,
+            monotonic=self.runtime.monotonic,
+            on_change=self._fleet_changed,
+            ready=self.dispatcher.async_ready_to_publish,
+        )
         self._snapshots = SnapshotBuilder()
-        self._discovery_sessions: list[dict[str, Vehicle]] = []
-        self._dispatch_tasks: set[asyncio.Task[Any]] = set()
         self._unsubs: list[CALLBACK_TYPE] = []
         self.data = FleetSnapshot(connected=False, vehicles={})
         self._unsubs.append(
@@ -174,12 +157,9 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             )
         )
 
-    def _template(self, key: str) -> TopicTemplate:
-        return TopicTemplate(self.topics[key])
-
     @property
     def dispatch_log(self) -> DispatchLogStore:
-        """The persisted log of finished dispatches (`storage.DispatchLogStore`)."""
+        """The persisted log of finished dispatches."""
         return self.persistence.dispatch_log
 
     @property
@@ -196,18 +176,22 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             HomeAssistantError: a subscription could not be made.
         """
         hass = self.hass
-        for record in await self.persistence.async_take_interrupted():
-            completed = parse_iso_time(record.get("updated_at")) or dt_util.utcnow()
-            response = self._interrupted(record, completed)
-            LOGGER.warning(
-                "Dispatch %s was interrupted by a stop of Home Assistant; "
-                "recorded as interrupted",
-                response.get("dispatch_id"),
-            )
-            self._record_finished(response)
+        self.dispatcher.record_interrupted(
+            await self.persistence.async_take_interrupted()
+        )
         self.manual.async_start()
         self._unsubs.append(self.manual.async_stop)
-        await self.intake.async_start(self._routes())
+        polled = self.config.telemetry_mode != TELEMETRY_PUSH
+        await self.intake.async_start(
+            [
+                *(
+                    route
+                    for channel in self.router.channels
+                    for route in channel.answer_routes(self.engine)
+                ),
+                *self.fleet_input.routes(polled=polled),
+            ]
+        )
         self._unsubs.append(self.intake.async_stop)
         self.connected = mqtt.is_connected(hass)
         self._unsubs.extend(
@@ -222,7 +206,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, self._handle_stop),
             )
         )
-        if self.config.telemetry_mode != TELEMETRY_PUSH:
+        if polled:
             self._unsubs.append(
                 async_track_time_interval(
                     hass,
@@ -245,48 +229,10 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                 self._unsubs.append(stop_learning)
         await self.async_refresh()
         self.config_entry.async_create_background_task(
-            hass, self._async_initial_discovery(), f"{DOMAIN} initial discovery"
+            hass,
+            self.fleet_input.async_initial_discovery(self.intake.gate),
+            f"{DOMAIN} initial discovery",
         )
-
-    def _interrupted(self, record: dict[str, Any], now: Any) -> dict[str, Any]:
-        # TEMPORARY until the engine's converter never raises.
-        try:
-            return self.engine.record_interrupted(record, now)
-        except (EngineError, KeyError, TypeError, ValueError):
-            return interrupted_entry(record, now)
-
-    def _routes(self) -> list[Route]:
-        """Answers of every channel, then discovery answers and telemetry."""
-        routes = [
-            route
-            for channel in (*self.router.channels,)
-            for route in channel.answer_routes(self.engine)
-        ]
-        routes.append(
-            Route(
-                "discovery",
-                self._template(CONF_DISCOVERY_RESPONSE_TOPIC),
-                MAX_VEHICLE_PAYLOAD_BYTES,
-                self._apply_discovery,
-                self.qos,
-                needs_id=False,
-            )
-        )
-        telemetry_keys = [CONF_STATE_TOPIC]
-        if self.config.telemetry_mode != TELEMETRY_PUSH:
-            telemetry_keys.append(CONF_TELEMETRY_RESPONSE_TOPIC)
-        routes.extend(
-            Route(
-                "telemetry",
-                self._template(key),
-                MAX_VEHICLE_PAYLOAD_BYTES,
-                self._apply_telemetry,
-                0,
-                needs_id=False,
-            )
-            for key in telemetry_keys
-        )
-        return routes
 
     async def async_shutdown(self) -> None:
         """Release every subscription, timer and listener; flush the stores.
@@ -297,15 +243,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             return
         await super().async_shutdown()
         self.vehicle_updates.async_close()
-        running = self.engine.pending_dispatches()
-        for task in list(self._dispatch_tasks):
-            task.cancel()
-        if self._dispatch_tasks:
-            await asyncio.wait(list(self._dispatch_tasks), timeout=5)
-        now = dt_util.utcnow()
-        for record in running:
-            self._record_finished(self._interrupted(record, now))
-            self.persistence.async_clear(str(record.get("dispatch_id")))
+        await self.dispatcher.async_stop()
         while self._unsubs:
             self._unsubs.pop()()
         self.runtime.close()
@@ -325,7 +263,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             now=dt_util.utcnow(),
             stale=self.stale_ids(),
             connected=self.connected,
-            safety=self.settings.safety,
+            safety=self.config.settings.safety,
             ack_rate_sla=self.config.ack_rate_sla,
             emission_factor=self.config.emission_factor,
             soc_known=self.soc_known,
@@ -365,43 +303,11 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         if not self.connected:
             return
         try:
-            await mqtt.async_publish(
-                self.hass,
-                self.topics[CONF_TELEMETRY_REQUEST_TOPIC],
-                TELEMETRY_POLL_PAYLOAD,
-                qos=self.qos,
-                retain=False,
-            )
+            await self.fleet_input.async_poll_telemetry()
         except HomeAssistantError as err:
             self.input_log.log_once(
                 "poll_failed", "Telemetry poll not published: %s", err
             )
-
-    # --- fleet input -----------------------------------------------------------------
-
-    def _apply_discovery(self, vehicle_id: str | None, payload: bytes) -> bool:
-        try:
-            vehicle = self.manual.overlay(decode_vehicle(payload, vehicle_id))
-        except EngineError:
-            return False
-        if self.fleet.upsert(vehicle, self.runtime.monotonic()):
-            LOGGER.debug("Discovered vehicle %s", vehicle.vehicle_id)
-        self.soc_known.add(vehicle.vehicle_id)
-        for session in self._discovery_sessions:
-            session.setdefault(vehicle.vehicle_id, vehicle)
-        self._fleet_changed()
-        return True
-
-    def _apply_telemetry(self, vehicle_id: str | None, payload: bytes) -> bool:
-        try:
-            telemetry = decode_telemetry(payload, vehicle_id)
-        except EngineError:
-            return False
-        self.fleet.apply_telemetry(telemetry, self.runtime.monotonic())
-        if telemetry.soc is not None:
-            self.soc_known.add(telemetry.vehicle_id)
-        self._fleet_changed()
-        return True
 
     @callback
     def _handle_connection(self, connected: bool) -> None:
@@ -417,7 +323,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             LOGGER.info("MQTT broker disconnected; the fleet entities are unavailable")
         self.config_entry.async_create_task(self.hass, self.async_refresh())
 
-    # --- vehicles ------------------------------------------------------------------
+    # --- vehicles, dispatch and discovery ------------------------------------------
 
     def is_stale(self, vehicle_id: str) -> bool:
         """Return True if the vehicle is unknown or silent for too long."""
@@ -431,8 +337,6 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.persistence.async_schedule_save()
         self.config_entry.async_create_task(self.hass, self.async_refresh())
 
-    # --- dispatch and discovery ------------------------------------------------------
-
     async def async_dispatch(
         self,
         signal_type: SignalType | str,
@@ -443,84 +347,14 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         strategy: Strategy | str | None = None,
         dry_run: bool = False,
     ) -> DispatchResult:
-        """Run one dispatch to the end and record it (docs/actions.md#v2gdispatch).
-
-        Raises:
-            ServiceValidationError: bad values or unknown vehicle ids.
-            HomeAssistantError: MQTT is not connected / the ack subscription is not
-                confirmed (nothing was published), or the fleet was unloaded.
-        """
-        request = build_request(
+        """Run one dispatch to the end and record it (`FleetDispatcher`)."""
+        return await self.dispatcher.async_dispatch(
             signal_type,
             power_kw,
             duration_s,
             vehicle_ids=vehicle_ids,
             strategy=strategy,
             dry_run=dry_run,
-            known=self.fleet.vehicles,
-        )
-        if not dry_run:
-            await self._async_ready_to_publish()
-            self.persistence.async_mark_started(
-                starting_record(
-                    request,
-                    request.strategy
-                    or self.settings.strategy_for(request.signal.signal_type),
-                )
-            )
-        task = asyncio.current_task()
-        if task is not None:
-            self._dispatch_tasks.add(task)
-        try:
-            result = await self.engine.dispatch(request)
-        except asyncio.CancelledError:
-            if not self._shutdown_requested or task is None:
-                raise
-            task.uncancel()
-            raise HomeAssistantError(
-                translation_domain=DOMAIN,
-                translation_key="dispatch_interrupted",
-                translation_placeholders={"dispatch_id": request.dispatch_id},
-            ) from None
-        except InvalidValueError as err:
-            self.persistence.async_clear(request.dispatch_id)
-            raise invalid_value(err) from err
-        finally:
-            if task is not None:
-                self._dispatch_tasks.discard(task)
-        self.persistence.async_clear(request.dispatch_id)
-        await asyncio.sleep(0)  # the engine's last step learnt from every order
-        self._record_finished(result.as_response())
-        await asyncio.sleep(0)  # 10,000 orders: two steps of ~15 ms
-        self.vehicle_updates.stage_outcomes(result)
-        # The new snapshot in steps of their own: recording and publishing
-        # 10,000 vehicles at once would block the loop for > 100 ms.
-        await asyncio.sleep(0)
-        await self.async_refresh()
-        return result
-
-    async def _async_ready_to_publish(self) -> None:
-        if not self.connected:
-            raise HomeAssistantError(
-                translation_domain=DOMAIN, translation_key="mqtt_not_connected"
-            )
-        try:
-            async with asyncio.timeout(SUBSCRIBE_CONFIRM_TIMEOUT_S):
-                await self.intake.gate.async_wait()
-        except TimeoutError as err:
-            raise HomeAssistantError(
-                translation_domain=DOMAIN,
-                translation_key="subscription_not_confirmed",
-            ) from err
-
-    def _record_finished(self, response: dict[str, Any]) -> None:
-        """Account, log and announce a finished dispatch (docs/actions.md#events)."""
-        self.metrics.record(response, dt_util.utcnow())
-        self.persistence.dispatch_log.append(response)
-        self.persistence.async_schedule_save()  # the metrics live in the fleet store
-        self.hass.bus.async_fire(
-            EVENT_DISPATCH_COMPLETED,
-            {**response, ATTR_CONFIG_ENTRY_ID: self.config_entry.entry_id},
         )
 
     async def async_discover(self) -> list[Vehicle]:
@@ -529,38 +363,6 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         Raises:
             HomeAssistantError: MQTT is not connected or the request failed.
         """
-        await self._async_ready_to_publish()
-        session: dict[str, Vehicle] = {}
-        self._discovery_sessions.append(session)
-        try:
-            try:
-                await self._async_publish_discovery()
-            except HomeAssistantError as err:
-                raise HomeAssistantError(
-                    translation_domain=DOMAIN,
-                    translation_key="discovery_failed",
-                    translation_placeholders={"error": str(err)},
-                ) from err
-            await asyncio.sleep(DISCOVERY_WINDOW_S)
-        finally:
-            self._discovery_sessions.remove(session)
+        found = await self.fleet_input.async_discover(DISCOVERY_WINDOW_S)
         await self.async_refresh()
-        return list(session.values())
-
-    async def _async_initial_discovery(self) -> None:
-        """Ask the fleet to introduce itself once the subscriptions are live."""
-        try:
-            async with asyncio.timeout(SUBSCRIBE_CONFIRM_TIMEOUT_S):
-                await self.intake.gate.async_wait()
-            await self._async_publish_discovery()
-        except (TimeoutError, HomeAssistantError) as err:
-            LOGGER.debug("Initial discovery request not sent: %s", err)
-
-    async def _async_publish_discovery(self) -> None:
-        await mqtt.async_publish(
-            self.hass,
-            self.topics[CONF_DISCOVERY_TOPIC],
-            DISCOVERY_PAYLOAD,
-            qos=self.qos,
-            retain=False,
-        )
+        return found

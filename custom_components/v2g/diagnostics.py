@@ -88,8 +88,7 @@ async def async_get_config_entry_diagnostics(
         },
         "metrics": _metrics(coordinator),
         "in_flight": [
-            {key: record.get(key) for key in ("dispatch_id", "phase", "started_at")}
-            for record in coordinator.engine.pending_dispatches()
+            _in_flight(record) for record in coordinator.engine.pending_dispatches()
         ],
         "dispatch_log": {
             "entries": len(coordinator.dispatch_log),
@@ -148,6 +147,18 @@ def _vehicle_entry(entry: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
         "initial": (entry.get("vehicles") or {}).get(vehicle_id),
         "fallback": (entry.get("fallback") or {}).get(vehicle_id),
     }
+
+
+def _in_flight(record: dict[str, Any]) -> dict[str, Any]:
+    """A running dispatch: its phase, order counts and a sample of its orders."""
+    summary = {
+        key: record.get(key) for key in ("dispatch_id", "phase", "started_at", "signal")
+    }
+    for round_name in ("vehicles", "fallback"):
+        orders = record.get(round_name) or {}
+        summary[f"{round_name}_count"] = len(orders)
+        summary[round_name] = dict(islice(orders.items(), NAMED_IDS))
+    return summary
 
 
 def _metrics(coordinator: V2GFleetCoordinator) -> dict[str, Any]:

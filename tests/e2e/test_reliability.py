@@ -158,7 +158,7 @@ async def test_broker_outage_mid_dispatch_then_recovery(
     assert [e.data["dispatch_id"] for e in completed] == [response["dispatch_id"]]
     assert completed[0].data["status"] == "failed"
     assert coordinator.engine.pending_dispatches() == []
-    assert coordinator.in_flight.running == []
+    assert not coordinator.persistence.has_running
     latest = coordinator.dispatch_log.latest(1)[0]
     assert latest["dispatch_id"] == response["dispatch_id"]
     assert await _in_thread(slow.wait_until, lambda s: s["acks_lost_offline"] == 3, 5.0)
@@ -177,7 +177,7 @@ async def test_broker_outage_mid_dispatch_then_recovery(
     @callback
     def _dispatch_at_once(connected: bool) -> None:
         if connected and not reconnected.done():
-            gate_open = coordinator.gate.is_set
+            gate_open = coordinator.gate_open
             reconnected.set_result(
                 (
                     hass.loop.time(),
