@@ -18,13 +18,7 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 import voluptuous as vol
 
-from custom_components.v2g.config_flow import (
-    OPTION_SECTIONS,
-    SECTION_ADVANCED_TOPICS,
-    command_topic_base,
-    format_prediction_profile,
-    parse_prediction_profile,
-)
+from custom_components.v2g.config_flow import SECTION_ADVANCED_TOPICS
 from custom_components.v2g.const import (
     CONF_ACK_TOPIC,
     CONF_COMMAND_TOPIC,
@@ -42,6 +36,12 @@ from custom_components.v2g.const import (
 )
 from custom_components.v2g.engine import FallbackMode, SignalType, Strategy
 from custom_components.v2g.options import FleetOptions, default_options
+from custom_components.v2g.options_flow import (
+    OPTION_SECTIONS,
+    format_prediction_profile,
+    parse_prediction_profile,
+)
+from custom_components.v2g.topics import command_topic_base
 
 EN_JSON = (
     Path(__file__).parent.parent
