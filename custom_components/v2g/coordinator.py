@@ -128,7 +128,7 @@ from .engine import (
     run_steps,
 )
 from .history import HistoryPrediction
-from .storage import DispatchLogStore, FleetStore, InFlightStore, interrupted_entry
+from .storage import DispatchLogStore, FleetStore, InFlightStore
 from .transport import (
     MqttOrderTransport,
     SubscriptionGate,
@@ -651,10 +651,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     def _interrupted(self, record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         """The `interrupted` response of a record (the fleet keeps the answers)."""
         completed = _parse_time(record.get("updated_at")) or now
-        try:
-            return self.engine.record_interrupted(record, completed)
-        except (EngineError, KeyError, TypeError, ValueError):
-            return interrupted_entry(record, completed)
+        return self.engine.record_interrupted(record, completed)
 
     async def async_shutdown(self) -> None:
         """Release every subscription, timer and listener; flush the stores.

@@ -37,8 +37,6 @@ LOG_SAVE_DELAY_S = 1.0
 # rewrite a 55 MB file after every dispatch. The newest entry is always kept.
 LOG_MAX_ORDERS = 50_000
 
-STATUS_INTERRUPTED = "interrupted"
-
 
 def _key(entry_id: str, name: str) -> str:
     return f"{DOMAIN}.{entry_id}.{name}"
@@ -311,65 +309,3 @@ class InFlightStore:
     async def async_remove(self) -> None:
         """Delete the file (entry removed)."""
         await self._store.async_remove()
-
-
-def _closed_outcomes(raw: Any) -> dict[str, dict[str, Any]]:
-    """Copy a round's outcomes; orders still waiting become ``timeout``."""
-    outcomes: dict[str, dict[str, Any]] = {}
-    if isinstance(raw, dict):
-        for vehicle_id, outcome in raw.items():
-            item = dict(outcome) if isinstance(outcome, dict) else {}
-            if item.get("status") in (None, "pending"):
-                item["status"] = "timeout"
-            outcomes[str(vehicle_id)] = item
-    return outcomes
-
-
-def interrupted_entry(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """Turn an in-flight record into an ``interrupted`` log entry (DESIGN §4 shape).
-
-    What the record knew is kept (signal, strategy, vehicles and their state when
-    last saved); orders that were still waiting are reported as ``timeout`` because
-    no acknowledgment was seen for them.
-    """
-    vehicles = _closed_outcomes(record.get("vehicles"))
-    fallback = _closed_outcomes(record.get("fallback"))
-    both = [*vehicles.values(), *fallback.values()]
-    acked = [o for o in both if o.get("status") == "acknowledged"]
-    published = [
-        o for o in both if o.get("status") not in ("publish_failed", "superseded")
-    ]
-    signal = record.get("signal")
-    signal = dict(signal) if isinstance(signal, dict) else {}
-    requested = record.get("requested_kw", signal.get("power_kw"))
-    assigned = record.get("assigned_kw")
-    if assigned is None:
-        assigned = sum(_kw(o) for o in vehicles.values())
-    # A fallback order carries the new total setpoint of its vehicle, so the
-    # acknowledged power of a vehicle is that of its latest acknowledged order.
-    final = {
-        vid: _kw(o) for vid, o in vehicles.items() if o["status"] == "acknowledged"
-    }
-    final.update(
-        {vid: _kw(o) for vid, o in fallback.items() if o["status"] == "acknowledged"}
-    )
-    return {
-        "dispatch_id": record.get("dispatch_id"),
-        "status": STATUS_INTERRUPTED,
-        "signal": signal,
-        "strategy": record.get("strategy"),
-        "requested_kw": requested,
-        "assigned_kw": assigned,
-        "acknowledged_kw": round(sum(final.values()), 6),
-        "ack_rate": (len(acked) / len(published)) if published else 0.0,
-        "vehicles": vehicles,
-        "fallback": fallback,
-        "excluded": dict(record.get("excluded") or {}),
-        "started_at": record.get("started_at"),
-        "completed_at": record.get("updated_at") or now.isoformat(),
-    }
-
-
-def _kw(outcome: Mapping[str, Any]) -> float:
-    value = outcome.get("power_kw")
-    return float(value) if isinstance(value, (int, float)) else 0.0
