@@ -17,14 +17,9 @@ from homeassistant.core import CoreState, HomeAssistant
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
+from custom_components.v2g.dispatch_log import DispatchLogStore
 from custom_components.v2g.engine import Steps
-from custom_components.v2g.storage import (
-    FLEET_SAVE_DELAY_S,
-    DispatchLogStore,
-    FleetStore,
-    InFlightStore,
-    interrupted_entry,
-)
+from custom_components.v2g.storage import FLEET_SAVE_DELAY_S, FleetStore, InFlightStore
 
 from .helpers import ENTRY_ID
 
@@ -491,36 +486,3 @@ async def test_in_flight_clear_is_flushed_on_unload(
     store.clear("d1")
     await store.async_flush()
     assert hass_storage["v2g.e1.in_flight"]["data"]["dispatches"] == {}
-
-
-def test_interrupted_entry_keeps_what_was_known() -> None:
-    record = {
-        "dispatch_id": "d1",
-        "signal": {"type": "FCR", "power_kw": 20.0, "duration_s": 900},
-        "strategy": "optimal",
-        "vehicles": {
-            "v1": {"power_kw": 10.0, "status": "acknowledged"},
-            "v2": {"power_kw": 10.0, "status": "pending"},
-            "v3": {"power_kw": 0.0, "status": "publish_failed"},
-            "v4": "garbage",
-        },
-        "fallback": {"v1": {"power_kw": 15.0}, "v5": {"status": "acknowledged"}},
-        "excluded": {"v9": "not_v2g"},
-        "started_at": T0.isoformat(),
-    }
-    entry = interrupted_entry(record, T0 + timedelta(minutes=1))
-    assert entry["status"] == "interrupted"
-    assert entry["requested_kw"] == 20.0
-    assert entry["assigned_kw"] == 20.0
-    assert entry["vehicles"]["v2"]["status"] == "timeout"
-    assert entry["vehicles"]["v4"] == {"status": "timeout"}
-    assert entry["fallback"]["v1"]["status"] == "timeout"
-    assert entry["acknowledged_kw"] == 10.0
-    assert entry["ack_rate"] == 2 / 5
-    assert entry["excluded"] == {"v9": "not_v2g"}
-    assert entry["completed_at"] == (T0 + timedelta(minutes=1)).isoformat()
-
-    bare = interrupted_entry({"dispatch_id": "d2", "updated_at": "x"}, T0)
-    assert bare["ack_rate"] == 0.0
-    assert bare["signal"] == {}
-    assert bare["completed_at"] == "x"

@@ -34,6 +34,7 @@ from homeassistant.util import dt as dt_util
 
 from .channels import OrderRouter, mqtt_channels
 from .const import DEFAULT_TOPICS, DISCOVERY_WINDOW_S, DOMAIN, LOGGER, TELEMETRY_PUSH
+from .dispatch_log import DispatchLogStore
 from .dispatcher import FleetDispatcher
 from .engine import (
     DispatchEngine,
@@ -57,7 +58,6 @@ from .manual_vehicles import ManualVehicles
 from .options import FleetOptions, availability_prediction, effective_options
 from .persistence import FleetData, FleetPersistence
 from .runtime import HassRuntime
-from .storage import DispatchLogStore
 from .vehicle_updates import VehicleUpdates
 
 type V2GConfigEntry = ConfigEntry[V2GFleetCoordinator]

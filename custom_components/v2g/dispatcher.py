@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
@@ -22,19 +21,19 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, EVENT_DISPATCH_COMPLETED, LOGGER
-from .dispatching import build_request, invalid_value, starting_record
+from .dispatching import build_request, invalid_value
 from .engine import (
     DispatchEngine,
     DispatchResult,
-    EngineError,
     InvalidValueError,
     SignalType,
     Strategy,
+    parse_utc_time,
+    starting_record,
 )
-from .engine.metrics import DispatchMetrics, parse_iso_time
+from .engine.metrics import DispatchMetrics
 from .intake import MqttIntake
 from .persistence import FleetPersistence
-from .storage import interrupted_entry
 from .vehicle_updates import VehicleUpdates
 
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
@@ -168,8 +167,8 @@ class FleetDispatcher:
     def record_interrupted(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Record the dispatches a stop of Home Assistant left unfinished."""
         for record in records:
-            completed = parse_iso_time(record.get("updated_at")) or dt_util.utcnow()
-            response = self._interrupted(record, completed)
+            completed = parse_utc_time(record.get("updated_at")) or dt_util.utcnow()
+            response = self._engine.record_interrupted(record, completed)
             LOGGER.warning(
                 "Dispatch %s was interrupted by a stop of Home Assistant; "
                 "recorded as interrupted",
@@ -187,12 +186,5 @@ class FleetDispatcher:
             await asyncio.wait(list(self._tasks), timeout=5)
         now = dt_util.utcnow()
         for record in running:
-            self.record_finished(self._interrupted(record, now))
+            self.record_finished(self._engine.record_interrupted(record, now))
             self._persistence.async_clear(str(record.get("dispatch_id")))
-
-    def _interrupted(self, record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-        # TEMPORARY until the engine's converter never raises.
-        try:
-            return self._engine.record_interrupted(record, now)
-        except (EngineError, KeyError, TypeError, ValueError):
-            return interrupted_entry(record, now)

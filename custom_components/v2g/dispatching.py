@@ -8,7 +8,6 @@ raises a translated ``HomeAssistantError`` (docs/actions.md#errors).
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from typing import Any
 
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.util import dt as dt_util, ulid as ulid_util
@@ -99,20 +98,3 @@ def build_request(
         dry_run=dry_run,
         dispatch_id=ulid_util.ulid_now(),
     )
-
-
-def starting_record(request: DispatchRequest, strategy: Strategy) -> dict[str, Any]:
-    """TEMPORARY: the in-flight record of a starting dispatch."""
-    signal = request.signal
-    return {
-        "dispatch_id": request.dispatch_id,
-        "signal": signal.as_dict(),
-        "strategy": strategy.value,
-        "phase": "starting",
-        "requested_kw": signal.power_kw,
-        "assigned_kw": 0.0,
-        "vehicles": {},
-        "fallback": {},
-        "excluded": {},
-        "started_at": signal.start.isoformat(),
-    }

@@ -18,9 +18,10 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.util import dt as dt_util
 
 from .const import LOGGER
-from .engine import FleetState, InvalidValueError, Steps, chunks
-from .engine.metrics import DispatchMetrics, parse_iso_time
-from .storage import DispatchLogStore, FleetStore, InFlightStore
+from .dispatch_log import DispatchLogStore
+from .engine import FleetState, InvalidValueError, Steps, chunks, parse_utc_time
+from .engine.metrics import DispatchMetrics
+from .storage import FleetStore, InFlightStore
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class FleetPersistence:
         last_seen = saved.get("last_seen")
         if isinstance(last_seen, dict):
             for vehicle_id, when in last_seen.items():
-                seen = parse_iso_time(when)
+                seen = parse_utc_time(when)
                 if seen is not None and vehicle_id in fleet.vehicles:
                     age = max((utcnow - seen).total_seconds(), 0.0)
                     fleet.last_seen[vehicle_id] = now_mono - age

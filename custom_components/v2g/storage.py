@@ -20,17 +20,14 @@ of an unknown major version is refused (`NotImplementedError`).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.helpers.storage import Store
-from homeassistant.util import dt as dt_util
 
-from .const import DISPATCH_LOG_MAX_ENTRIES, DOMAIN
+from .const import DOMAIN
 from .engine import Steps, async_run_steps, run_steps
 
 # Format versions of the three files. Minor 2 of the fleet file: the metrics no
@@ -39,34 +36,16 @@ from .engine import Steps, async_run_steps, run_steps
 # tested, before a change needs them).
 FLEET_STORAGE_VERSION = 1
 FLEET_STORAGE_MINOR_VERSION = 2
-DISPATCH_LOG_STORAGE_VERSION = 1
-DISPATCH_LOG_STORAGE_MINOR_VERSION = 2
 IN_FLIGHT_STORAGE_VERSION = 1
 IN_FLIGHT_STORAGE_MINOR_VERSION = 2
 
 FLEET_SAVE_DELAY_S = 10.0
 LOG_SAVE_DELAY_S = 1.0
-# The log is also bounded by the orders it holds in total: a 200-vehicle dispatch
-# is ~55 kB of JSON (~120 kB in memory), so 1,000 of them would hold ~120 MB and
-# rewrite a 55 MB file after every dispatch. The newest entry is always kept.
-LOG_MAX_ORDERS = 50_000
-
-STATUS_INTERRUPTED = "interrupted"
 
 
-def _key(entry_id: str, name: str) -> str:
+def store_key(entry_id: str, name: str) -> str:
+    """The storage key of one of an entry's files."""
     return f"{DOMAIN}.{entry_id}.{name}"
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt_util.UTC)
-    if isinstance(value, str):
-        parsed = dt_util.parse_datetime(value)
-        if parsed is not None and parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt_util.UTC)
-        return parsed
-    return None
 
 
 # --- file formats -------------------------------------------------------------------
@@ -94,18 +73,6 @@ class _FleetFile(Store[dict[str, Any]]):
         return data
 
 
-class _DispatchLogFile(Store[dict[str, Any]]):
-    """The dispatch log file, migrated from older formats when loaded."""
-
-    async def _async_migrate_func(
-        self, old_major_version: int, old_minor_version: int, old_data: Any
-    ) -> dict[str, Any]:
-        if old_major_version != DISPATCH_LOG_STORAGE_VERSION:
-            raise NotImplementedError
-        # 1.1 to 1.2: the same data (only the minor version is written now).
-        return old_data if isinstance(old_data, dict) else {}
-
-
 class _InFlightFile(Store[dict[str, Any]]):
     """The in-flight file, migrated from older formats when loaded."""
 
@@ -121,7 +88,7 @@ class _InFlightFile(Store[dict[str, Any]]):
 # --- delayed writes -----------------------------------------------------------------
 
 
-class _DelayedWriter:
+class DelayedWriter:
     """Writes a store at most ``delay`` seconds after its first unsaved change.
 
     When the delay is over, the data is built in steps on the event loop (the
@@ -135,6 +102,7 @@ class _DelayedWriter:
     def __init__(
         self, hass: HomeAssistant, store: Store[dict[str, Any]], delay: float
     ) -> None:
+        """Write ``store`` at most ``delay`` seconds after the first change."""
         self._hass = hass
         self._store = store
         self._delay = delay
@@ -245,12 +213,12 @@ class FleetStore:
         self._store = _FleetFile(
             hass,
             FLEET_STORAGE_VERSION,
-            _key(entry_id, "fleet"),
+            store_key(entry_id, "fleet"),
             atomic_writes=True,
             minor_version=FLEET_STORAGE_MINOR_VERSION,
             serialize_in_event_loop=False,
         )
-        self._writer = _DelayedWriter(hass, self._store, FLEET_SAVE_DELAY_S)
+        self._writer = DelayedWriter(hass, self._store, FLEET_SAVE_DELAY_S)
 
     async def async_load(self) -> dict[str, Any] | None:
         """Return what was saved (in the current format), or None."""
@@ -278,139 +246,6 @@ class FleetStore:
         await self._writer.async_remove()
 
 
-class DispatchLogStore:
-    """Bounded, persisted log of finished dispatches (docs/actions.md responses).
-
-    An entry is not changed once appended: the Store's writer thread encodes the
-    entries (a 10,000-vehicle dispatch is ~2.6 MB of JSON, ~6 ms to encode).
-    """
-
-    def __init__(
-        self,
-        hass: HomeAssistant,
-        entry_id: str,
-        max_entries: int = DISPATCH_LOG_MAX_ENTRIES,
-        max_orders: int = LOG_MAX_ORDERS,
-    ) -> None:
-        """Create the log of one config entry."""
-        self._store = _DispatchLogFile(
-            hass,
-            DISPATCH_LOG_STORAGE_VERSION,
-            _key(entry_id, "dispatch_log"),
-            atomic_writes=True,
-            minor_version=DISPATCH_LOG_STORAGE_MINOR_VERSION,
-            serialize_in_event_loop=False,
-        )
-        self._writer = _DelayedWriter(hass, self._store, LOG_SAVE_DELAY_S)
-        self._entries: deque[dict[str, Any]] = deque()
-        self._max_entries = max_entries
-        self._max_orders = max_orders
-        self._orders = 0  # orders (both rounds) of the entries held
-
-    async def async_load(self) -> None:
-        """Read the saved entries."""
-        data = await self._store.async_load()
-        if isinstance(data, dict) and isinstance(data.get("entries"), list):
-            for entry in data["entries"]:
-                if isinstance(entry, dict):
-                    self._add(entry)
-
-    def _add(self, entry: dict[str, Any]) -> None:
-        """Append; drop the oldest entries beyond either bound (keep the newest)."""
-        self._entries.append(entry)
-        self._orders += _order_count(entry)
-        entries = self._entries
-        while len(entries) > 1 and (
-            len(entries) > self._max_entries or self._orders > self._max_orders
-        ):
-            self._orders -= _order_count(entries.popleft())
-
-    def _data_steps(self) -> Steps[dict[str, Any]]:
-        """The data to write: a copy of the list of entries, taken on the loop."""
-        data = {"entries": list(self._entries)}
-        yield
-        return data
-
-    @callback
-    def append(self, entry: Mapping[str, Any]) -> None:
-        """Add a finished dispatch (the oldest ones drop out when full).
-
-        Written at most `LOG_SAVE_DELAY_S` later (and by Home Assistant's final
-        write).
-        """
-        self._add(dict(entry))
-        self._writer.async_schedule(self._data_steps)
-
-    async def async_flush(self) -> None:
-        """Write pending entries now (on unload)."""
-        await self._writer.async_flush()
-
-    async def async_remove(self) -> None:
-        """Delete the file (entry removed)."""
-        await self._writer.async_remove()
-
-    def __len__(self) -> int:
-        """Return the number of entries."""
-        return len(self._entries)
-
-    def latest(self, count: int) -> list[dict[str, Any]]:
-        """Return the newest ``count`` entries, oldest first."""
-        if count <= 0:
-            return []
-        return list(self._entries)[-count:]
-
-    def query(
-        self,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        vehicle_id: str | None = None,
-        signal_type: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Return the entries matching every given filter, oldest first.
-
-        ``start``/``end`` are inclusive bounds on the dispatch start time; a vehicle
-        matches when it received an order in either round; every signal type can be
-        filtered (compared case-insensitively).
-        """
-        wanted_type = signal_type.casefold() if signal_type else None
-        matches: list[dict[str, Any]] = []
-        for entry in self._entries:
-            if start is not None or end is not None:
-                started = _parse_time(entry.get("started_at"))
-                if started is None:
-                    continue
-                if start is not None and started < start:
-                    continue
-                if end is not None and started > end:
-                    continue
-            if wanted_type is not None:
-                signal = entry.get("signal")
-                kind = signal.get("type") if isinstance(signal, dict) else None
-                if not isinstance(kind, str) or kind.casefold() != wanted_type:
-                    continue
-            if vehicle_id is not None and not _involves(entry, vehicle_id):
-                continue
-            matches.append(entry)
-        return matches
-
-
-def _order_count(entry: Mapping[str, Any]) -> int:
-    count = 0
-    for section in ("vehicles", "fallback"):
-        value = entry.get(section)
-        if isinstance(value, dict):
-            count += len(value)
-    return count
-
-
-def _involves(entry: Mapping[str, Any], vehicle_id: str) -> bool:
-    for section in ("vehicles", "fallback"):
-        value = entry.get(section)
-        if isinstance(value, dict) and vehicle_id in value:
-            return True
-    return False
-
-
 class InFlightStore:
     """Records of dispatches that started and have not ended yet."""
 
@@ -419,7 +254,7 @@ class InFlightStore:
         self._store = _InFlightFile(
             hass,
             IN_FLIGHT_STORAGE_VERSION,
-            _key(entry_id, "in_flight"),
+            store_key(entry_id, "in_flight"),
             atomic_writes=True,
             minor_version=IN_FLIGHT_STORAGE_MINOR_VERSION,
         )
@@ -491,65 +326,3 @@ class InFlightStore:
     async def async_remove(self) -> None:
         """Delete the file (entry removed)."""
         await self._store.async_remove()
-
-
-def _closed_outcomes(raw: Any) -> dict[str, dict[str, Any]]:
-    """Copy a round's outcomes; orders still waiting become ``timeout``."""
-    outcomes: dict[str, dict[str, Any]] = {}
-    if isinstance(raw, dict):
-        for vehicle_id, outcome in raw.items():
-            item = dict(outcome) if isinstance(outcome, dict) else {}
-            if item.get("status") in (None, "pending"):
-                item["status"] = "timeout"
-            outcomes[str(vehicle_id)] = item
-    return outcomes
-
-
-def interrupted_entry(record: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """Turn an in-flight record into an ``interrupted`` log entry (DESIGN §4 shape).
-
-    What the record knew is kept (signal, strategy, vehicles and their state when
-    last saved); orders that were still waiting are reported as ``timeout`` because
-    no acknowledgment was seen for them.
-    """
-    vehicles = _closed_outcomes(record.get("vehicles"))
-    fallback = _closed_outcomes(record.get("fallback"))
-    both = [*vehicles.values(), *fallback.values()]
-    acked = [o for o in both if o.get("status") == "acknowledged"]
-    published = [
-        o for o in both if o.get("status") not in ("publish_failed", "superseded")
-    ]
-    signal = record.get("signal")
-    signal = dict(signal) if isinstance(signal, dict) else {}
-    requested = record.get("requested_kw", signal.get("power_kw"))
-    assigned = record.get("assigned_kw")
-    if assigned is None:
-        assigned = sum(_kw(o) for o in vehicles.values())
-    # A fallback order carries the new total setpoint of its vehicle, so the
-    # acknowledged power of a vehicle is that of its latest acknowledged order.
-    final = {
-        vid: _kw(o) for vid, o in vehicles.items() if o["status"] == "acknowledged"
-    }
-    final.update(
-        {vid: _kw(o) for vid, o in fallback.items() if o["status"] == "acknowledged"}
-    )
-    return {
-        "dispatch_id": record.get("dispatch_id"),
-        "status": STATUS_INTERRUPTED,
-        "signal": signal,
-        "strategy": record.get("strategy"),
-        "requested_kw": requested,
-        "assigned_kw": assigned,
-        "acknowledged_kw": round(sum(final.values()), 6),
-        "ack_rate": (len(acked) / len(published)) if published else 0.0,
-        "vehicles": vehicles,
-        "fallback": fallback,
-        "excluded": dict(record.get("excluded") or {}),
-        "started_at": record.get("started_at"),
-        "completed_at": record.get("updated_at") or now.isoformat(),
-    }
-
-
-def _kw(outcome: Mapping[str, Any]) -> float:
-    value = outcome.get("power_kw")
-    return float(value) if isinstance(value, (int, float)) else 0.0

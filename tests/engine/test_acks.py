@@ -53,7 +53,8 @@ def test_accept_reports_latency_and_notifies() -> None:
     assert listener.resolved == [("c1", OrderStatus.ACKNOWLEDGED)]
     assert tracker.pending_count == 0
     assert tracker.counters["accepted"] == 1
-    assert tracker.recent_status("c1") is OrderStatus.ACKNOWLEDGED
+    # The resolved order is remembered as answered: a repeat is a duplicate.
+    assert tracker.handle_ack("v1", Ack("c1"), 10.5) is AckDisposition.DUPLICATE
 
 
 def test_reject_keeps_the_reason() -> None:
@@ -146,9 +147,10 @@ def test_late_ack_after_timeout_keeps_the_result() -> None:
     tracker.register(order("c2", "v2"), 0.0, listener)
     assert tracker.expire(["c1", "c2", "gone"], 5.0) == 2
     assert tracker.handle_ack("v1", Ack("c1"), 6.0) is AckDisposition.LATE
-    assert tracker.recent_status("c1") is OrderStatus.TIMEOUT
-    assert tracker.late_by_vehicle == {"v1": 1}
-    assert tracker.counters["late"] == 1
+    # It stays timed out: another ack is late again, not a duplicate.
+    assert tracker.handle_ack("v1", Ack("c1"), 7.0) is AckDisposition.LATE
+    assert tracker.late_by_vehicle == {"v1": 2}
+    assert tracker.counters["late"] == 2
     assert listener.resolved == [
         ("c1", OrderStatus.TIMEOUT),
         ("c2", OrderStatus.TIMEOUT),

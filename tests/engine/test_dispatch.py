@@ -24,12 +24,14 @@ from custom_components.v2g.engine import (
     HourOfWeekProfile,
     InvalidValueError,
     Order,
+    OrderOutcome,
     OrderStatus,
     SafetySettings,
     SignalType,
     Strategy,
     Vehicle,
     interrupted_response,
+    starting_record,
 )
 
 from .fakes import (
@@ -190,10 +192,8 @@ async def test_fallback_round_is_sent_and_acknowledged() -> None:
     response = result.as_response()
     assert_design_shape(response)
     assert response["fallback"]["v1"]["power_kw"] == pytest.approx(15.0)
-    final = result.final_outcomes()
-    assert final["v1"].round.value == "fallback"
-    assert final["v2"].status is OrderStatus.TIMEOUT
-    assert len(result.outcomes) == 5
+    assert result.fallback["v1"].round.value == "fallback"
+    assert [o.vehicle_id for o in result.outcomes] == ["v1", "v2", "v3", "v1", "v3"]
     assert harness.fleet.setpoints == {"v1": 15.0, "v3": 15.0}
     assert harness.fleet.participation == {"v1": 1, "v3": 1}
     assert harness.fleet.reliability("v2") < 1.0
@@ -652,9 +652,24 @@ async def test_interrupted_record_and_response() -> None:
     harness.runtime.fire_next()  # v1's ack arrives
     for _ in range(20):
         await asyncio.sleep(0)
-    # Listed from before the first publish call.
-    assert seen[0][0]["dispatch_id"] == "d-int"
-    assert seen[0][0]["phase"] == "publishing"
+    # Listed from before the first publish call: the starting record, with orders.
+    starting = starting_record(request, Strategy.OPTIMAL)
+    assert starting["phase"] == "starting"
+    assert (starting["assigned_kw"], starting["vehicles"]) == (0.0, {})
+    first = seen[0][0]
+    orders = first["vehicles"]
+    assert isinstance(orders, dict)
+    assert first == {
+        **starting,
+        "phase": "publishing",
+        "assigned_kw": 20.0,
+        "vehicles": orders,
+    }
+    assert {order["status"] for order in orders.values()} == {"pending"}
+    # A stop before any order was registered: nothing to report.
+    closed = interrupted_response(starting, START)
+    assert_design_shape(closed)
+    assert (closed["vehicles"], closed["ack_rate"]) == ({}, None)
     records = harness.engine.pending_dispatches()
     assert len(records) == 1
     record = json.loads(json.dumps(records[0]))
@@ -668,8 +683,6 @@ async def test_interrupted_record_and_response() -> None:
     assert response["acknowledged_kw"] == pytest.approx(10.0)
     assert response["ack_rate"] == 0.5
     assert response["completed_at"] == "2025-07-07T10:00:01+00:00"
-    live = harness.engine.interrupted_responses()
-    assert live[0]["status"] == "interrupted"
     # Home Assistant stops: the dispatch task is cancelled.
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -787,3 +800,42 @@ async def test_chunked_walks_give_the_same_result(
     # One shared timestamp and expiry for the orders of a round.
     assert len({(o.timestamp_ms, o.expires_at_ms) for o in chunked_orders[:7]}) == 1
     assert chunked_iterations > whole_iterations
+
+
+async def test_kw_are_rounded_to_the_watt_and_scores_to_4_decimals() -> None:
+    """10 kW over 3 vehicles: 3.333 kW each, yet 10.0 kW in total.
+
+    Totals are summed exactly, then rounded once (3 x 3.333 would be 9.999).
+    """
+    harness = Harness([make_vehicle(f"v{i}", soc=0.712345) for i in range(3)])
+    records: list[dict[str, object]] = []
+    original = harness.engine._update_fleet
+
+    def spy(result: DispatchResult) -> None:
+        records.extend(harness.engine.pending_dispatches())
+        original(result)
+
+    harness.engine._update_fleet = spy  # type: ignore[method-assign]
+    result = await harness.dispatch(
+        10.0, strategy=Strategy.EQUAL, signal_type=SignalType.MA
+    )
+    response = result.as_response()
+    [record] = records
+    assert result.vehicles["v0"].power_kw != 3.333  # the result keeps exact values
+    for vehicle_id, outcome in result.vehicles.items():
+        assert outcome.score is not None
+        assert outcome.score != round(outcome.score, 4)
+        item = response["vehicles"][vehicle_id]
+        assert item["power_kw"] == 3.333
+        assert item["score"] == round(outcome.score, 4)
+        assert item["latency_ms"] == 10.0
+        in_flight = record["vehicles"][vehicle_id]  # type: ignore[index]
+        assert in_flight["power_kw"] == in_flight["delivered_kw"] == 3.333
+        assert in_flight["score"] == item["score"]
+    for totals in (response, record):
+        assert totals["requested_kw"] == 10.0
+        assert totals["assigned_kw"] == 10.0
+    assert response["acknowledged_kw"] == 10.0
+    # A charge below half a watt is reported as 0.0, not -0.0.
+    tiny = OrderOutcome("v0", -0.0004, OrderStatus.ACKNOWLEDGED, command_id=None)
+    assert json.dumps(tiny.as_fallback_response()["power_kw"]) == "0.0"

@@ -15,7 +15,6 @@ from custom_components.v2g.engine import (
     evaluate_eligibility,
     vehicle_capacity,
 )
-from custom_components.v2g.engine.eligibility import departure_floor, discharge_floor
 
 from .fakes import START, make_signal, make_vehicle
 
@@ -79,13 +78,18 @@ def test_discharge_needs_v2g_but_charging_does_not() -> None:
 
 
 def test_discharge_floor_is_the_highest_of_the_three() -> None:
-    vehicle = make_vehicle("v", min_soc=0.25)
-    assert discharge_floor(vehicle, SAFE) == 0.25
-    assert discharge_floor(vehicle, SafetySettings(safe_discharge_floor=0.4)) == 0.4
-    assert discharge_floor(make_vehicle("w"), SafetySettings(min_soc=0.2)) == 0.2
-    # With a departure, the own min SoC is a departure target, not a floor.
+    """Capacity = (SoC - floor) x 40 kWh over 0.25 h, the floor being the highest."""
+    signal = make_signal(5, SignalType.MA)
+    vehicle = make_vehicle("v", soc=0.27, min_soc=0.25)
+    assert vehicle_capacity(vehicle, signal, SAFE, START) == pytest.approx(3.2)
+    raised = SafetySettings(safe_discharge_floor=0.26)
+    assert vehicle_capacity(vehicle, signal, raised, START) == pytest.approx(1.6)
+    option = SafetySettings(min_soc=0.265)
+    assert vehicle_capacity(vehicle, signal, option, START) == pytest.approx(0.8)
+    # With a departure, the own min SoC is a departure target, not a floor: eight
+    # hours of recharge leave only the safe floor (0.1).
     leaving = vehicle.with_changes(departure=START + timedelta(hours=8))
-    assert discharge_floor(leaving, SAFE) == 0.1
+    assert vehicle_capacity(leaving, signal, SAFE, START) == pytest.approx(22.0)
 
 
 def test_soc_at_or_below_floor_cannot_discharge_but_can_charge() -> None:
@@ -180,8 +184,6 @@ def test_departure_protection_keeps_enough_to_recharge() -> None:
         departure=START + timedelta(hours=1),
     )
     signal = make_signal(20, SignalType.MA)
-    floor = departure_floor(vehicle, signal.end, START)
-    assert floor == pytest.approx(0.8 - 5.25 / 40)
     assert vehicle_capacity(vehicle, signal, SAFE, START) == pytest.approx(5.0)
 
 
@@ -252,12 +254,11 @@ def test_tiny_headroom_above_the_departure_floor_is_departure_protected() -> Non
     )
 
 
-def test_departure_floor_none_without_departure_or_min_soc() -> None:
-    assert departure_floor(make_vehicle("v"), START, START) is None
-    assert (
-        departure_floor(make_vehicle("v", departure=START, min_soc=0.0), START, START)
-        is None
-    )
+def test_a_departure_without_min_soc_protects_nothing() -> None:
+    """Leaving now with no SoC target: only the safe floor binds (0.6 x 40 / 0.25 h)."""
+    vehicle = make_vehicle("v", departure=START, min_soc=0.0, max_power_kw=200.0)
+    signal = make_signal(500, SignalType.MA)
+    assert vehicle_capacity(vehicle, signal, SAFE, START) == pytest.approx(96.0)
 
 
 def test_safety_settings_validation() -> None:

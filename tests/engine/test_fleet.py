@@ -132,8 +132,8 @@ def test_energy_is_integrated_from_acknowledged_setpoints() -> None:
     assert fleet.energy_discharged_kwh["v1"] == pytest.approx(10.0)
     assert "v1" not in fleet.setpoints
     fleet.accrue(START + timedelta(hours=1))
-    assert fleet.total_charged_kwh == pytest.approx(4.0)
-    assert fleet.total_discharged_kwh == pytest.approx(10.0)
+    assert fleet.energy_charged_kwh == {"v2": pytest.approx(4.0)}
+    assert fleet.energy_discharged_kwh == {"v1": pytest.approx(10.0)}
 
 
 def test_setpoint_stops_at_its_expiry() -> None:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from custom_components.v2g.engine import (
-    InvalidValueError,
-    co2_avoided_g,
-    energy_kwh,
-    energy_ratio,
-)
+from custom_components.v2g.engine import InvalidValueError, co2_avoided_g, energy_kwh
 
 
 def test_energy_split_by_sign() -> None:
@@ -19,12 +14,9 @@ def test_energy_split_by_sign() -> None:
     assert energy_kwh(0.0, 60) == (0.0, 0.0)
 
 
-def test_co2_and_ratio() -> None:
-    """Go: CO2Avoided(10) of 4 kWh = 40; EnergyRatio 4/2 = 2."""
+def test_co2_avoided() -> None:
+    """Go: CO2Avoided(10) of 4 kWh = 40."""
     assert co2_avoided_g(4.0, 10.0) == 40.0
-    assert energy_ratio(4.0, 2.0) == 2.0
-    assert energy_ratio(4.0, 0.0) == 4.0
-    assert energy_ratio(0.0, 0.0) == 0.0
 
 
 @pytest.mark.parametrize(

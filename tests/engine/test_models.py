@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -12,6 +12,7 @@ from custom_components.v2g.engine import (
     SignalType,
     Strategy,
     Vehicle,
+    parse_utc_time,
     validate_vehicle_id,
 )
 
@@ -161,3 +162,58 @@ def test_times_without_a_utc_equivalent_are_refused() -> None:
     edge = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(-timedelta(hours=14)))
     with pytest.raises(InvalidValueError, match="departure"):
         Vehicle(vehicle_id="v1", departure=edge)
+
+
+PARIS_SUMMER = timezone(timedelta(hours=2))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2025-07-07T10:00:00+00:00", START),
+        ("2025-07-07T10:00:00Z", START),
+        ("2025-07-07T10:00:00z", START),
+        ("2025-07-07t10:00:00Z", START),
+        ("2025-07-07T12:00:00+02:00", START),
+        ("2025-07-07T12:00:00+0200", START),
+        ("2025-07-07 10:00", START),
+        ("20250707T100000Z", START),
+        ("2025-07-07T10:00:00.250+00:00", START + timedelta(milliseconds=250)),
+        # No offset: read as UTC.
+        ("2025-07-07T10:00:00", START),
+        ("2025-07-07", START.replace(hour=0)),
+        (START, START),
+        (START.astimezone(PARIS_SUMMER), START),
+        (START.replace(tzinfo=None), START),
+    ],
+)
+def test_parse_utc_time_reads_iso_8601(value: object, expected: datetime) -> None:
+    parsed = parse_utc_time(value)
+    assert parsed == expected
+    assert parsed is not None
+    assert parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        " 2025-07-07T10:00:00Z",
+        "yesterday",
+        "2025-02-30T10:00:00Z",
+        "2025-07-07T25:00:00Z",
+        "2025-07-07T10:00:00\ud800",
+        "0001-01-01T00:00:00+01:00",
+        datetime(1, 1, 1, tzinfo=PARIS_SUMMER),
+        datetime.max.replace(tzinfo=timezone(-timedelta(hours=1))),
+        1_751_882_400,
+        1.5,
+        True,
+        START.date(),
+        ["2025-07-07T10:00:00Z"],
+        {"start": "2025-07-07T10:00:00Z"},
+    ],
+)
+def test_parse_utc_time_gives_none_for_anything_else(value: object) -> None:
+    assert parse_utc_time(value) is None

@@ -99,23 +99,7 @@ def test_signal_boosts() -> None:
     assert base.with_signal_boost(SignalType.ECOWATT).soc == pytest.approx(0.6)
 
 
-def test_weights_from_mapping_like_go_apply_weights() -> None:
-    weights = ScoreWeights.from_mapping(
-        {
-            "soc": 1,
-            "time": 2,
-            "priority": 3,
-            "price": 4,
-            "wear": 5,
-            "fairness": 6,
-            "availability": 7,
-            "market_price": 8,
-        }
-    )
-    assert weights == ScoreWeights(1, 2, 3, 4, 5, 6, 7, 8)
-    assert ScoreWeights.from_mapping({"soc": 0.9}).time == 0.3
-    with pytest.raises(InvalidValueError, match="unknown keys"):
-        ScoreWeights.from_mapping({"speed": 1})
+def test_weights_must_be_finite() -> None:
     with pytest.raises(InvalidValueError):
         ScoreWeights(soc=float("nan"))
 

@@ -28,18 +28,7 @@ from .codec import (
     order_payload,
     vehicle_from_mapping,
 )
-from .dispatch import (
-    Cancellable,
-    DispatchEngine,
-    DispatchRequest,
-    DispatchResult,
-    DispatchSettings,
-    OrderOutcome,
-    OrderRound,
-    OrderTransport,
-    Runtime,
-    interrupted_response,
-)
+from .dispatch import DispatchEngine
 from .eligibility import (
     Candidate,
     Eligibility,
@@ -49,7 +38,8 @@ from .eligibility import (
 )
 from .fallback import effective_capacity, reallocate
 from .fleet import FleetState, Setpoint, VehicleStats
-from .kpi import co2_avoided_g, energy_kwh, energy_ratio
+from .inflight import interrupted_response, starting_record
+from .kpi import co2_avoided_g, energy_kwh
 from .models import (
     DispatchStatus,
     EngineError,
@@ -61,9 +51,11 @@ from .models import (
     SignalType,
     Strategy,
     Vehicle,
+    parse_utc_time,
     validate_vehicle_id,
 )
 from .planner import DayAheadPlan, InfeasiblePlanError, PlanEntry, plan_day_ahead
+from .ports import Cancellable, OrderTransport, Runtime
 from .prediction import (
     HourOfWeekProfile,
     PredictionEngine,
@@ -73,6 +65,8 @@ from .prediction import (
     parse_hourly_profile,
     soc_forecast,
 )
+from .results import DispatchResult, OrderOutcome, OrderRound
+from .settings import DispatchRequest, DispatchSettings
 from .steps import STEP_SIZE, Steps, async_chunks, async_run_steps, chunks, run_steps
 from .strategies import (
     DEFAULT_SEGMENTS,
@@ -148,17 +142,18 @@ __all__ = [
     "encode_gateway_batch",
     "encode_order",
     "energy_kwh",
-    "energy_ratio",
     "evaluate_eligibility",
     "hour_of_week",
     "interrupted_response",
     "learn_hour_of_week_profile",
     "order_payload",
     "parse_hourly_profile",
+    "parse_utc_time",
     "plan_day_ahead",
     "reallocate",
     "run_steps",
     "soc_forecast",
+    "starting_record",
     "validate_vehicle_id",
     "vehicle_capacity",
     "vehicle_from_mapping",

@@ -74,20 +74,25 @@ class PendingOrder:
 
     @property
     def delivered_kw(self) -> float:
-        """Signed power the vehicle confirmed (0 unless acknowledged).
+        """Signed power the vehicle confirmed (see `delivered_power`)."""
+        return delivered_power(self.status, self.order.power_kw, self.applied_power_kw)
 
-        An `applied_power_kw` in the ack lowers it (never above the order, never
-        the opposite sign).
-        """
-        if self.status is not OrderStatus.ACKNOWLEDGED:
-            return 0.0
-        ordered = self.order.power_kw
-        applied = self.applied_power_kw
-        if applied is None:
-            return ordered
-        if ordered == 0.0 or (applied > 0.0) != (ordered > 0.0):
-            return 0.0
-        return ordered if abs(applied) >= abs(ordered) else applied
+
+def delivered_power(
+    status: OrderStatus, ordered_kw: float, applied_kw: float | None
+) -> float:
+    """Signed power a vehicle confirmed for an order (0 unless acknowledged).
+
+    An applied power (from the ack) lowers it: never above the order, never the
+    opposite sign; None means the order was applied in full.
+    """
+    if status is not OrderStatus.ACKNOWLEDGED:
+        return 0.0
+    if applied_kw is None:
+        return ordered_kw
+    if ordered_kw == 0.0 or (applied_kw > 0.0) != (ordered_kw > 0.0):
+        return 0.0
+    return ordered_kw if abs(applied_kw) >= abs(ordered_kw) else applied_kw
 
 
 _ANSWERED = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED})
@@ -333,8 +338,3 @@ class AckTracker:
     def pending_count(self) -> int:
         """Number of orders waiting for an ack."""
         return len(self._pending)
-
-    def recent_status(self, command_id: str) -> OrderStatus | None:
-        """Final status of a recently resolved order (None if unknown/pending)."""
-        resolved = self._recent.get(command_id)
-        return None if resolved is None else resolved.status

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 import math
-from types import MappingProxyType
-from typing import Any, Protocol
-import uuid
+from typing import Any
 
 from .acks import AckDisposition, AckTracker, PendingOrder
 from .codec import DecodeError, Order, decode_ack, decode_gateway_acks
-from .eligibility import Candidate, SafetySettings, evaluate_eligibility
+from .eligibility import Candidate, evaluate_eligibility
 from .fallback import reallocate
 from .fleet import FleetState
+from .inflight import (
+    PHASE_FALLBACK,
+    PHASE_PUBLISHING,
+    PHASE_WAITING,
+    InFlight,
+    close_record,
+)
 from .models import (
     DispatchStatus,
     ExclusionReason,
@@ -41,236 +44,25 @@ from .models import (
     FlexibilitySignal,
     InvalidValueError,
     OrderStatus,
-    SignalType,
     Strategy,
     Vehicle,
-    isoformat_utc,
 )
+from .ports import OrderTransport, Runtime
 from .prediction import PredictionEngine
-from .steps import async_chunks
-from .strategies import (
-    DEFAULT_SEGMENTS,
-    Allocation,
-    ScoreWeights,
-    SegmentConfig,
-    allocate,
+from .results import (
+    POWER_ABS_TOL,
+    DispatchResult,
+    OrderOutcome,
+    OrderRound,
+    final_status,
+    summarise,
 )
+from .settings import DispatchRequest, DispatchSettings, new_id
+from .steps import async_chunks
+from .strategies import Allocation, allocate
 
-# Relative tolerance when comparing acknowledged with assigned power.
-_POWER_REL_TOL = 1e-9
-_POWER_ABS_TOL = 1e-9
 # How many unknown ids an error message lists before "…".
 _MAX_LISTED_IDS = 10
-
-
-class Cancellable(Protocol):
-    """A scheduled callback that can be cancelled."""
-
-    def cancel(self) -> None:
-        """Cancel the callback (no effect if it already ran)."""
-
-
-class Runtime(Protocol):
-    """Clock and scheduling, provided by the host (Home Assistant, tests)."""
-
-    def now(self) -> datetime:
-        """Current wall time, timezone-aware."""
-
-    def monotonic(self) -> float:
-        """Current monotonic time in seconds."""
-
-    def create_future(self) -> asyncio.Future[None]:
-        """A future bound to the running event loop."""
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait `seconds`."""
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
-        """Run `callback` after `seconds`."""
-
-
-class OrderTransport(Protocol):
-    """Publishes orders (per vehicle or per gateway, see `Order.gateway`)."""
-
-    async def publish(self, orders: Sequence[Order]) -> list[Exception | None]:
-        """Publish `orders`; return one result per order, in the same order.
-
-        None means published; an exception means that order failed (it will be
-        retried). Raising fails every order of the call.
-        """
-
-
-class OrderRound(StrEnum):
-    """Which round of a dispatch an order belongs to."""
-
-    INITIAL = "initial"
-    FALLBACK = "fallback"
-
-
-def _default_strategies() -> Mapping[SignalType, Strategy]:
-    strategies = dict.fromkeys(SignalType, Strategy.SMART)
-    strategies[SignalType.FCR] = Strategy.OPTIMAL
-    return MappingProxyType(strategies)
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchSettings:
-    """Engine options (DESIGN §6); defaults are the documented ones."""
-
-    strategies: Mapping[SignalType, Strategy] = field(
-        default_factory=_default_strategies
-    )
-    fallback: FallbackMode = FallbackMode.BALANCED
-    ack_timeout_s: float = 5.0
-    safety: SafetySettings = field(default_factory=SafetySettings)
-    weights: ScoreWeights = field(default_factory=ScoreWeights)
-    segments: Mapping[str, SegmentConfig] = DEFAULT_SEGMENTS
-    publish_retries: int = 3
-    retry_backoff_s: float = 0.1
-    order_ttl_s: float | None = None
-    # A vehicle silent for longer than this is treated as unavailable (None: never).
-    stale_timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        """Validate timings and counts.
-
-        Raises:
-            InvalidValueError: a value is out of range.
-        """
-        if not math.isfinite(self.ack_timeout_s) or self.ack_timeout_s <= 0.0:
-            raise InvalidValueError("ack_timeout_s", "must be > 0")
-        if self.publish_retries < 0:
-            raise InvalidValueError("publish_retries", "must be >= 0")
-        if not math.isfinite(self.retry_backoff_s) or self.retry_backoff_s < 0.0:
-            raise InvalidValueError("retry_backoff_s", "must be >= 0")
-        if self.order_ttl_s is not None and (
-            not math.isfinite(self.order_ttl_s) or self.order_ttl_s <= 0.0
-        ):
-            raise InvalidValueError("order_ttl_s", "must be > 0")
-        if self.stale_timeout_s is not None and (
-            not math.isfinite(self.stale_timeout_s) or self.stale_timeout_s <= 0.0
-        ):
-            raise InvalidValueError("stale_timeout_s", "must be > 0")
-
-    def strategy_for(self, signal_type: SignalType) -> Strategy:
-        """Strategy configured for a signal type (smart when not configured)."""
-        return self.strategies.get(signal_type, Strategy.SMART)
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchRequest:
-    """One dispatch to run.
-
-    `vehicle_ids` None means the whole fleet; unknown ids are an error.
-    `strategy` None means the one configured for the signal type.
-    """
-
-    signal: FlexibilitySignal
-    vehicle_ids: tuple[str, ...] | None = None
-    strategy: Strategy | None = None
-    dry_run: bool = False
-    dispatch_id: str = field(default_factory=_new_id)
-
-
-@dataclass(slots=True)
-class OrderOutcome:
-    """One order of a dispatch and what became of it."""
-
-    vehicle_id: str
-    power_kw: float
-    status: OrderStatus
-    command_id: str | None
-    latency_ms: float | None = None
-    reason: str | None = None
-    score: float | None = None
-    delivered_kw: float = 0.0
-    round: OrderRound = OrderRound.INITIAL
-    resolved_at: datetime | None = None
-    expires_at: datetime | None = None
-
-    def as_vehicle_response(self) -> dict[str, Any]:
-        """The `vehicles.<id>` object of DESIGN §4."""
-        return {
-            "power_kw": self.power_kw,
-            "status": self.status.value,
-            "latency_ms": _round_ms(self.latency_ms),
-            "command_id": self.command_id,
-            "reason": self.reason,
-            "score": self.score,
-        }
-
-    def as_fallback_response(self) -> dict[str, Any]:
-        """The `fallback.<id>` object of DESIGN §4."""
-        return {
-            "power_kw": self.power_kw,
-            "status": self.status.value,
-            "latency_ms": _round_ms(self.latency_ms),
-            "command_id": self.command_id,
-        }
-
-
-def _round_ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-@dataclass(slots=True)
-class DispatchResult:
-    """Outcome of one dispatch; `as_response()` is the DESIGN §4 response."""
-
-    dispatch_id: str
-    signal: FlexibilitySignal
-    strategy: Strategy
-    status: DispatchStatus
-    requested_kw: float
-    assigned_kw: float
-    acknowledged_kw: float
-    ack_rate: float | None
-    vehicles: dict[str, OrderOutcome]
-    fallback: dict[str, OrderOutcome]
-    excluded: dict[str, ExclusionReason]
-    started_at: datetime
-    completed_at: datetime
-    scores: dict[str, float] = field(default_factory=dict)
-    shortfall_kw: float = 0.0
-    orders_published: int = 0
-    orders_acknowledged: int = 0
-
-    @property
-    def outcomes(self) -> list[OrderOutcome]:
-        """Every order of both rounds (initial first)."""
-        return [*self.vehicles.values(), *self.fallback.values()]
-
-    def final_outcomes(self) -> dict[str, OrderOutcome]:
-        """The last order of each vehicle (a fallback order overrides)."""
-        final = dict(self.vehicles)
-        final.update(self.fallback)
-        return final
-
-    def as_response(self) -> dict[str, Any]:
-        """Return exactly the DESIGN §4 response (JSON-safe)."""
-        return {
-            "dispatch_id": self.dispatch_id,
-            "status": self.status.value,
-            "signal": self.signal.as_dict(),
-            "strategy": self.strategy.value,
-            "requested_kw": self.requested_kw,
-            "assigned_kw": self.assigned_kw,
-            "acknowledged_kw": self.acknowledged_kw,
-            "ack_rate": self.ack_rate,
-            "vehicles": {
-                vid: o.as_vehicle_response() for vid, o in self.vehicles.items()
-            },
-            "fallback": {
-                vid: o.as_fallback_response() for vid, o in self.fallback.items()
-            },
-            "excluded": {vid: r.value for vid, r in self.excluded.items()},
-            "started_at": isoformat_utc(self.started_at),
-            "completed_at": isoformat_utc(self.completed_at),
-        }
 
 
 class _Round:
@@ -287,178 +79,6 @@ class _Round:
             self.future.set_result(None)
 
 
-@dataclass(slots=True)
-class _InFlight:
-    """A running dispatch, kept for `pending_dispatches()`."""
-
-    request: DispatchRequest
-    strategy: Strategy
-    started_at: datetime
-    started_mono: float
-    excluded: dict[str, ExclusionReason]
-    scores: dict[str, float]
-    phase: str = "publishing"
-    rounds: dict[OrderRound, list[PendingOrder]] = field(default_factory=dict)
-
-    def record(self) -> dict[str, Any]:
-        """JSON-safe view, shaped like the DESIGN §4 response."""
-        rounds: dict[OrderRound, dict[str, dict[str, Any]]] = {
-            OrderRound.INITIAL: {},
-            OrderRound.FALLBACK: {},
-        }
-        assigned = 0.0
-        for round_name, entries in self.rounds.items():
-            for entry in entries:
-                order = entry.order
-                if round_name is OrderRound.INITIAL:
-                    assigned += order.power_kw
-                rounds[round_name][order.vehicle_id] = {
-                    "power_kw": order.power_kw,
-                    "status": entry.status.value,
-                    "latency_ms": _round_ms(entry.latency_ms),
-                    "command_id": order.command_id,
-                    "reason": entry.reason,
-                    "score": self.scores.get(order.vehicle_id)
-                    if round_name is OrderRound.INITIAL
-                    else None,
-                    "delivered_kw": entry.delivered_kw,
-                }
-        signal = self.request.signal
-        return {
-            "dispatch_id": self.request.dispatch_id,
-            "signal": signal.as_dict(),
-            "strategy": self.strategy.value,
-            "phase": self.phase,
-            "requested_kw": signal.power_kw,
-            "assigned_kw": assigned,
-            "vehicles": rounds[OrderRound.INITIAL],
-            "fallback": rounds[OrderRound.FALLBACK],
-            "excluded": {vid: r.value for vid, r in self.excluded.items()},
-            "started_at": isoformat_utc(self.started_at),
-        }
-
-
-def _summarise(
-    initial: Iterable[OrderOutcome], fallback: Iterable[OrderOutcome]
-) -> tuple[float, float, int, int]:
-    """Return (assigned kW, acknowledged kW, orders published, orders acknowledged)."""
-    initial = list(initial)
-    fallback = list(fallback)
-    final: dict[str, float] = {}
-    sent = 0
-    acked = 0
-    for outcome in (*initial, *fallback):
-        if outcome.status is OrderStatus.ACKNOWLEDGED:
-            acked += 1
-            final[outcome.vehicle_id] = outcome.delivered_kw
-        # DESIGN §4: ack_rate = acknowledged / *published* orders, so an order
-        # that never left (publish_failed) does not count as sent.
-        if outcome.status not in (
-            OrderStatus.SUPERSEDED,
-            OrderStatus.PLANNED,
-            OrderStatus.PENDING,
-            OrderStatus.PUBLISH_FAILED,
-        ):
-            sent += 1
-    assigned = math.fsum(o.power_kw for o in initial)
-    return assigned, math.fsum(final.values()), sent, acked
-
-
-def _status(
-    power_kw: float, assigned_kw: float, acknowledged_kw: float, orders: int, acked: int
-) -> DispatchStatus:
-    if power_kw == 0.0:
-        # Return to idle: judged by orders, since every order carries 0 kW.
-        if acked == orders:
-            return DispatchStatus.COMPLETED
-        return DispatchStatus.PARTIAL if acked else DispatchStatus.FAILED
-    if assigned_kw == 0.0 or acknowledged_kw == 0.0:
-        return DispatchStatus.FAILED
-    if math.isclose(
-        abs(acknowledged_kw),
-        abs(assigned_kw),
-        rel_tol=_POWER_REL_TOL,
-        abs_tol=_POWER_ABS_TOL,
-    ) or abs(acknowledged_kw) > abs(assigned_kw):
-        return DispatchStatus.COMPLETED
-    return DispatchStatus.PARTIAL
-
-
-_ANSWERED_STATUSES = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED})
-
-
-def _closed_status(value: str) -> OrderStatus:
-    # No ack was seen for an order still waiting when the dispatch stopped.
-    status = OrderStatus(value)
-    return OrderStatus.TIMEOUT if status is OrderStatus.PENDING else status
-
-
-def interrupted_response(
-    record: Mapping[str, Any], completed_at: datetime
-) -> dict[str, Any]:
-    """Build the DESIGN §4 response (status `interrupted`) of an in-flight record.
-
-    `record` is one item of `DispatchEngine.pending_dispatches()` (it may have
-    been stored and reloaded as JSON). Orders still pending are reported as
-    `timeout`: no ack was seen for them.
-    """
-    return interrupted_result(record, completed_at).as_response()
-
-
-def interrupted_result(
-    record: Mapping[str, Any], completed_at: datetime
-) -> DispatchResult:
-    """The `interrupted` result of an in-flight record (see `interrupted_response`)."""
-    signal_data = record["signal"]
-    signal = FlexibilitySignal(
-        signal_type=SignalType.parse(signal_data["type"]),
-        power_kw=float(signal_data["power_kw"]),
-        duration_s=float(signal_data["duration_s"]),
-        start=datetime.fromisoformat(signal_data["start"]),
-    )
-    rounds: dict[OrderRound, dict[str, OrderOutcome]] = {}
-    for round_name in OrderRound:
-        rounds[round_name] = {
-            vehicle_id: OrderOutcome(
-                vehicle_id=vehicle_id,
-                power_kw=float(item["power_kw"]),
-                status=_closed_status(item["status"]),
-                command_id=item.get("command_id"),
-                latency_ms=item.get("latency_ms"),
-                reason=item.get("reason"),
-                score=item.get("score"),
-                delivered_kw=float(item.get("delivered_kw", 0.0)),
-                round=round_name,
-            )
-            for vehicle_id, item in record.get(
-                "vehicles" if round_name is OrderRound.INITIAL else "fallback", {}
-            ).items()
-        }
-    initial = rounds[OrderRound.INITIAL]
-    fallback = rounds[OrderRound.FALLBACK]
-    assigned, acknowledged, sent, acked = _summarise(
-        initial.values(), fallback.values()
-    )
-    return DispatchResult(
-        dispatch_id=record["dispatch_id"],
-        signal=signal,
-        strategy=Strategy.parse(record["strategy"]),
-        status=DispatchStatus.INTERRUPTED,
-        requested_kw=signal.power_kw,
-        assigned_kw=assigned,
-        acknowledged_kw=acknowledged,
-        ack_rate=acked / sent if sent else None,
-        vehicles=initial,
-        fallback=fallback,
-        excluded={
-            vid: ExclusionReason(reason)
-            for vid, reason in record.get("excluded", {}).items()
-        },
-        started_at=datetime.fromisoformat(record["started_at"]),
-        completed_at=completed_at,
-    )
-
-
 class DispatchEngine:
     """Runs dispatches against a fleet, a transport and a runtime."""
 
@@ -471,7 +91,7 @@ class DispatchEngine:
         *,
         prediction: PredictionEngine | None = None,
         tracker: AckTracker | None = None,
-        id_factory: Callable[[], str] = _new_id,
+        id_factory: Callable[[], str] = new_id,
     ) -> None:
         """Wire the engine.
 
@@ -491,7 +111,7 @@ class DispatchEngine:
         self.prediction = prediction
         self.tracker = tracker if tracker is not None else AckTracker()
         self._new_id = id_factory
-        self._inflight: dict[str, _InFlight] = {}
+        self._inflight: dict[str, InFlight] = {}
 
     # --- incoming acks ----------------------------------------------------------
 
@@ -551,25 +171,17 @@ class DispatchEngine:
     # --- in-flight view ---------------------------------------------------------
 
     def pending_dispatches(self) -> list[dict[str, Any]]:
-        """JSON-safe records of the dispatches in flight.
+        """JSON-safe records of the dispatches in flight (see `engine.inflight`).
 
-        Each is shaped like the DESIGN §4 response (dispatch_id, signal,
-        strategy, requested_kw, assigned_kw, vehicles, fallback, excluded,
-        started_at) plus `phase` (publishing | waiting | fallback); orders
-        still waiting have status `pending`, and each order also carries its
-        `delivered_kw`. A dispatch is listed from before its first publish call
-        (so the transport can persist an in-flight marker). Feed a record to
-        `interrupted_response` to record it as interrupted.
+        A dispatch is listed from before its first publish call (so the host can
+        persist it) until the fleet has learnt from its result. Feed a record to
+        `record_interrupted` (or `interrupted_response`) to close it as
+        interrupted.
         """
         return [flight.record() for flight in self._inflight.values()]
 
-    def interrupted_responses(self) -> list[dict[str, Any]]:
-        """The `interrupted` responses of every dispatch in flight, as of now."""
-        now = self.runtime.now()
-        return [interrupted_response(r, now) for r in self.pending_dispatches()]
-
     def record_interrupted(
-        self, record: Mapping[str, Any], completed_at: datetime
+        self, record: object, completed_at: datetime
     ) -> dict[str, Any]:
         """Close an in-flight record as `interrupted`; the fleet keeps the answers.
 
@@ -577,22 +189,12 @@ class DispatchEngine:
         setpoints (until the order's expiry, counted from the dispatch start),
         ack statistics and participation are kept as after any dispatch, and so
         are rejections. Orders still waiting teach nothing about their vehicle
-        (the stop cut them short); they are reported as `timeout`.
-
-        Raises:
-            EngineError, KeyError, TypeError, ValueError: a malformed record.
+        (the stop cut them short); they are reported as `timeout`. A malformed
+        record never raises: what can be read is learnt (see `close_record`).
         """
-        result = interrupted_result(record, completed_at)
-        ttl = timedelta(seconds=self.settings.order_ttl_s or result.signal.duration_s)
-        answered: list[OrderOutcome] = []
-        for outcome in result.outcomes:
-            if outcome.status in _ANSWERED_STATUSES:
-                latency_s = (outcome.latency_ms or 0.0) / 1000.0
-                outcome.resolved_at = result.started_at + timedelta(seconds=latency_s)
-                outcome.expires_at = result.started_at + ttl
-                answered.append(outcome)
-        self._learn(answered, completed_at)
-        return result.as_response()
+        closed = close_record(record, completed_at)
+        self._learn(closed.answered(self.settings.order_ttl_s), completed_at)
+        return closed.response
 
     # --- dispatch ---------------------------------------------------------------
 
@@ -679,7 +281,7 @@ class DispatchEngine:
         return list(results)
 
     async def _run_round(
-        self, flight: _InFlight, round_name: OrderRound, orders: Sequence[Order]
+        self, flight: InFlight, round_name: OrderRound, orders: Sequence[Order]
     ) -> list[PendingOrder]:
         """Register, publish (with retries) and wait for the acks of one round."""
         runtime = self.runtime
@@ -693,7 +295,7 @@ class DispatchEngine:
             rnd.entries.append(entry)
         rnd.outstanding = len(rnd.entries)
         flight.rounds[round_name] = rnd.entries
-        flight.phase = "publishing"
+        flight.phase = PHASE_PUBLISHING
 
         to_publish = list(orders)
         attempt = 0
@@ -726,7 +328,9 @@ class DispatchEngine:
             ]
 
         if rnd.outstanding > 0:
-            flight.phase = "waiting" if round_name is OrderRound.INITIAL else "fallback"
+            flight.phase = (
+                PHASE_WAITING if round_name is OrderRound.INITIAL else PHASE_FALLBACK
+            )
             command_ids = [entry.order.command_id for entry in rnd.entries]
 
             def deadline() -> None:
@@ -740,32 +344,6 @@ class DispatchEngine:
                 handle.cancel()
         return rnd.entries
 
-    def _outcome(
-        self,
-        entry: PendingOrder,
-        round_name: OrderRound,
-        score: float | None,
-        flight: _InFlight,
-    ) -> OrderOutcome:
-        resolved_at = None
-        if entry.resolved_at is not None:
-            resolved_at = flight.started_at + timedelta(
-                seconds=entry.resolved_at - flight.started_mono
-            )
-        return OrderOutcome(
-            vehicle_id=entry.order.vehicle_id,
-            power_kw=entry.order.power_kw,
-            status=entry.status,
-            command_id=entry.order.command_id,
-            latency_ms=entry.latency_ms,
-            reason=entry.reason,
-            score=score,
-            delivered_kw=entry.delivered_kw,
-            round=round_name,
-            resolved_at=resolved_at,
-            expires_at=datetime.fromtimestamp(entry.order.expires_at_ms / 1000.0, UTC),
-        )
-
     def _fallback_orders(
         self,
         request: DispatchRequest,
@@ -774,7 +352,7 @@ class DispatchEngine:
     ) -> list[Order]:
         mode = self.settings.fallback
         residual = math.fsum(e.order.power_kw - e.delivered_kw for e in first)
-        if mode is FallbackMode.NONE or abs(residual) <= _POWER_ABS_TOL:
+        if mode is FallbackMode.NONE or abs(residual) <= POWER_ABS_TOL:
             return []
         by_vehicle = {entry.order.vehicle_id: entry for entry in first}
         donors: list[Candidate] = []
@@ -846,7 +424,7 @@ class DispatchEngine:
         orders: list[Order] = []
         async for chunk in async_chunks(list(powers.items())):
             orders.extend(self._make_orders(request, dict(chunk), by_id, timestamp_ms))
-        flight = _InFlight(
+        flight = InFlight(
             request, strategy, started_at, started_mono, excluded, allocation.scores
         )
 
@@ -861,22 +439,8 @@ class DispatchEngine:
                 )
                 for order in orders
             }
-            return DispatchResult(
-                dispatch_id=request.dispatch_id,
-                signal=signal,
-                strategy=strategy,
-                status=DispatchStatus.PLANNED,
-                requested_kw=signal.power_kw,
-                assigned_kw=math.fsum(powers.values()),
-                acknowledged_kw=0.0,
-                ack_rate=None,
-                vehicles=planned,
-                fallback={},
-                excluded=excluded,
-                started_at=started_at,
-                completed_at=runtime.now(),
-                scores=allocation.scores,
-                shortfall_kw=allocation.shortfall_kw,
+            return self._result(
+                request, strategy, allocation, excluded, flight, planned, {}
             )
 
         self._inflight[request.dispatch_id] = flight
@@ -916,60 +480,60 @@ class DispatchEngine:
         strategy: Strategy,
         allocation: Allocation,
         excluded: dict[str, ExclusionReason],
-        flight: _InFlight,
+        flight: InFlight,
         first: Sequence[PendingOrder],
         second: Sequence[PendingOrder],
     ) -> DispatchResult:
         """The result of a dispatch whose rounds are over."""
-        signal = request.signal
-        scores = allocation.scores
         initial: dict[str, OrderOutcome] = {}
         async for chunk in async_chunks(first):
             initial.update(
-                (
-                    e.order.vehicle_id,
-                    self._outcome(
-                        e, OrderRound.INITIAL, scores.get(e.order.vehicle_id), flight
-                    ),
-                )
+                (e.order.vehicle_id, flight.outcome(e, OrderRound.INITIAL))
                 for e in chunk
             )
         fallback: dict[str, OrderOutcome] = {}
         async for chunk in async_chunks(second):
             fallback.update(
-                (
-                    e.order.vehicle_id,
-                    self._outcome(e, OrderRound.FALLBACK, None, flight),
-                )
+                (e.order.vehicle_id, flight.outcome(e, OrderRound.FALLBACK))
                 for e in chunk
             )
-        assigned, acknowledged, sent, acked = _summarise(
-            initial.values(), fallback.values()
+        return self._result(
+            request, strategy, allocation, excluded, flight, initial, fallback
         )
-        if first:
-            status = _status(signal.power_kw, assigned, acknowledged, len(first), acked)
-        elif signal.power_kw == 0.0:
-            status = DispatchStatus.COMPLETED
-        else:
-            status = DispatchStatus.FAILED
+
+    def _result(
+        self,
+        request: DispatchRequest,
+        strategy: Strategy,
+        allocation: Allocation,
+        excluded: dict[str, ExclusionReason],
+        flight: InFlight,
+        initial: dict[str, OrderOutcome],
+        fallback: dict[str, OrderOutcome],
+    ) -> DispatchResult:
+        """The result of a dispatch (of a dry run: its orders are `planned`)."""
+        signal = request.signal
+        summary = summarise(initial.values(), fallback.values())
         return DispatchResult(
             dispatch_id=request.dispatch_id,
             signal=signal,
             strategy=strategy,
-            status=status,
+            status=DispatchStatus.PLANNED
+            if request.dry_run
+            else final_status(signal.power_kw, summary, len(initial)),
             requested_kw=signal.power_kw,
-            assigned_kw=assigned,
-            acknowledged_kw=acknowledged,
-            ack_rate=acked / sent if sent else None,
+            assigned_kw=summary.assigned_kw,
+            acknowledged_kw=summary.acknowledged_kw,
+            ack_rate=summary.ack_rate,
             vehicles=initial,
             fallback=fallback,
             excluded=excluded,
             started_at=flight.started_at,
             completed_at=self.runtime.now(),
-            scores=scores,
+            scores=allocation.scores,
             shortfall_kw=allocation.shortfall_kw,
-            orders_published=sent,
-            orders_acknowledged=acked,
+            orders_published=summary.published,
+            orders_acknowledged=summary.acknowledged,
         )
 
     def _update_fleet(self, result: DispatchResult) -> None:

@@ -89,33 +89,14 @@ class Eligibility:
         return sum(c.capacity_kw for c in self.candidates)
 
 
-def discharge_floor(vehicle: Vehicle, safety: SafetySettings) -> float:
-    """Lowest SoC a discharge may leave the vehicle at, departure aside.
-
-    The configured min SoC and safe floor always apply. The vehicle's own min SoC
-    is a floor too, unless the vehicle has a departure time: then it is the SoC
-    it needs *at departure* (see `departure_floor`).
-    """
-    floor = max(safety.min_soc, safety.safe_discharge_floor)
-    if vehicle.departure is None:
-        floor = max(floor, vehicle.min_soc)
-    return floor
-
-
-def departure_floor(
-    vehicle: Vehicle, signal_end: datetime, now: datetime
-) -> float | None:
+def _departure_floor(vehicle: Vehicle, recharge_from: datetime) -> float | None:
     """SoC the vehicle must keep so it still reaches its min SoC by departure.
 
-    After the signal (or from now, if later) the vehicle recharges at its charge
-    rate until it leaves. If it leaves before that, it must already hold its min
-    SoC. None when there is no departure or no min SoC to protect. The result may
-    be negative (enough time to recharge from empty).
+    From `recharge_from` (the later of the signal's end and now) the vehicle
+    recharges at its charge rate until it leaves; if it leaves before that, it
+    must already hold its min SoC. None when there is no departure or no min SoC
+    to protect. The result may be negative (enough time to recharge from empty).
     """
-    return _departure_floor(vehicle, max(signal_end, now))
-
-
-def _departure_floor(vehicle: Vehicle, recharge_from: datetime) -> float | None:
     departure = vehicle.departure
     if departure is None or vehicle.min_soc <= 0.0:
         return None

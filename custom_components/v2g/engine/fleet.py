@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-import math
 from typing import Any
 
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
@@ -354,16 +353,6 @@ class FleetState:
                 expired.append(vehicle_id)
         for vehicle_id in expired:
             del self._setpoints[vehicle_id]
-
-    @property
-    def total_discharged_kwh(self) -> float:
-        """Energy discharged by the whole fleet."""
-        return math.fsum(self.energy_discharged_kwh.values())
-
-    @property
-    def total_charged_kwh(self) -> float:
-        """Energy charged by the whole fleet."""
-        return math.fsum(self.energy_charged_kwh.values())
 
     # --- persistence ------------------------------------------------------------
 

@@ -40,10 +40,3 @@ def co2_avoided_g(discharged_kwh: float, factor_g_per_kwh: float) -> float:
     if not math.isfinite(factor_g_per_kwh) or factor_g_per_kwh < 0.0:
         raise InvalidValueError("factor", "must be finite and >= 0")
     return discharged_kwh * factor_g_per_kwh
-
-
-def energy_ratio(discharged_kwh: float, charged_kwh: float) -> float:
-    """Injected / consumed energy (Go `EnergyRatio`: injected alone if none consumed)."""
-    if charged_kwh <= 0.0:
-        return max(discharged_kwh, 0.0)
-    return discharged_kwh / charged_kwh

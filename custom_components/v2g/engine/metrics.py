@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import math
 from typing import Any
 
-from .models import OrderStatus
+from .models import OrderStatus, parse_utc_time
 
 ACK_RATE_WINDOW = timedelta(hours=24)
 LATENCY_SAMPLES = 1000
@@ -29,17 +29,6 @@ LAST_DISPATCH_KEYS = (
     "completed_at",
 )
 _SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
-
-
-def parse_iso_time(value: Any) -> datetime | None:
-    """Return an aware datetime from ISO 8601 text (``Z`` too), else None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _rank(ordered: Sequence[float], fraction: float) -> float:
@@ -87,7 +76,7 @@ class DispatchMetrics:
         self.orders_sent += sent
         self.orders_acknowledged += acked
         self.publish_failures += failed
-        completed = parse_iso_time(response.get("completed_at")) or now
+        completed = parse_utc_time(response.get("completed_at")) or now
         self.window.append((completed.timestamp(), acked, sent))
 
     def ack_rate_24h(self, now: datetime) -> float | None:

@@ -198,6 +198,34 @@ def isoformat_utc(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
+def parse_utc_time(value: object) -> datetime | None:
+    """Read a time written by the integration (or by hand) as an aware UTC datetime.
+
+    Accepts a `datetime` or an ISO 8601 string (`datetime.fromisoformat`, plus a
+    trailing `z`). A value without a UTC offset is read as UTC: every time the
+    integration writes carries an offset, so only hand-made values lack one, and
+    UTC is how the dispatch log filter and the window bounds of the actions read
+    them. Anything else (other types, unreadable text, a time with no UTC
+    equivalent) gives None; this never raises.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value[:-1] + "Z" if value.endswith("z") else value
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    else:
+        return None
+    if parsed.utcoffset() is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Vehicle:
     """One electric vehicle as the dispatcher sees it.

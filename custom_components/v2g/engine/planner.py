@@ -23,7 +23,6 @@ import csv
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 import io
-import json
 import math
 from typing import Any
 
@@ -72,10 +71,6 @@ class DayAheadPlan:
     def as_dicts(self) -> list[dict[str, Any]]:
         """Entries as JSON objects (slot order, then vehicle order)."""
         return [entry.as_dict() for entry in self.entries]
-
-    def to_json(self) -> str:
-        """JSON array of the entries (Go `WriteJSON`)."""
-        return json.dumps(self.as_dicts())
 
     def to_csv(self) -> str:
         """CSV with header `vehicle_id,timeslot,power_kw` (Go `WriteCSV`)."""

@@ -17,8 +17,8 @@ from typing import Any
 from .eligibility import SafetySettings, evaluate_eligibility
 from .fleet import FleetState
 from .kpi import co2_avoided_g
-from .metrics import DispatchMetrics, parse_iso_time
-from .models import FlexibilitySignal, SignalType, Vehicle
+from .metrics import DispatchMetrics
+from .models import FlexibilitySignal, SignalType, Vehicle, parse_utc_time
 from .prediction import PredictionEngine
 from .steps import Steps, chunks
 
@@ -137,7 +137,7 @@ class SnapshotBuilder:
             last_ack_rate=last.get("ack_rate"),
             ack_rate_24h=metrics.ack_rate_24h(now),
             ack_rate_sla=inputs.ack_rate_sla,
-            last_dispatch_at=parse_iso_time(last.get("started_at")),
+            last_dispatch_at=parse_utc_time(last.get("started_at")),
             last_status=last.get("status"),
             last_requested_kw=last.get("requested_kw"),
             last_acknowledged_kw=last.get("acknowledged_kw"),

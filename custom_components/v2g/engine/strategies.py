@@ -87,24 +87,6 @@ class ScoreWeights:
             self, **{name: getattr(self, name) + add for name, add in boost.items()}
         )
 
-    @classmethod
-    def from_mapping(
-        cls, values: Mapping[str, float], base: ScoreWeights | None = None
-    ) -> ScoreWeights:
-        """Return `base` (default weights) with the given keys replaced.
-
-        Keys are the Go segment keys: soc, time, priority, price, wear, fairness,
-        availability, market_price.
-
-        Raises:
-            InvalidValueError: an unknown key or a non-finite value.
-        """
-        known = {item.name for item in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidValueError("weights", f"unknown keys {', '.join(unknown)}")
-        return replace(base or cls(), **values)
-
 
 ZERO_WEIGHTS = ScoreWeights(
     soc=0.0,
