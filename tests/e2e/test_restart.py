@@ -40,7 +40,7 @@ async def _wait_loaded(hass: HassInstance, timeout: float = 30.0) -> str:
         if entries and entries[0]["state"] == "loaded":
             return str(entries[0]["entry_id"])
         await asyncio.sleep(0.2)
-    raise HassError("v2g entry not loaded")
+    raise HassError(f"v2g entry not loaded: {entries}")
 
 
 async def _sigterm(hass: HassInstance) -> None:
@@ -174,9 +174,11 @@ async def test_stop_during_a_dispatch_is_logged_as_interrupted(
         assert states["sensor.depot_last_dispatch_status"]["state"] == "interrupted"
         # The acknowledged setpoints of the interrupted dispatch hold (not the
         # earlier dispatch's 4 kW): the vehicles did apply them.
-        assert diagnostics["fleet"]["setpoints"] == dict.fromkeys(
-            fast.vehicle_ids, -3.0
-        )
+        sample = diagnostics["fleet"]["sample"]
+        assert {vid: sample[vid]["setpoint_kw"] for vid in vehicles} == {
+            **dict.fromkeys(fast.vehicle_ids, -3.0),
+            **dict.fromkeys(slow.vehicle_ids, 0.0),
+        }
         for entity_id in fast_setpoints:
             assert float(states[entity_id]["state"]) == pytest.approx(-3.0)
         for vehicle_id in vehicles:
