@@ -81,7 +81,7 @@ class DispatchRun:
 
 
 def check_response(response: Any, expected: int) -> tuple[int, int, str, list[str]]:
-    """(orders, acknowledged, status, problems) of a DESIGN §4 dispatch response."""
+    """(orders, acknowledged, status, problems) of a dispatch response (docs/actions.md#dispatch-response)."""
     problems: list[str] = []
     if response is None:
         return 0, 0, "?", []

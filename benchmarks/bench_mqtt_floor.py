@@ -50,7 +50,7 @@ ACK_FILTER = "floor/+/ack"
 
 
 def order_messages(count: int, fleet_size: int) -> list[tuple[str, bytes]]:
-    """(topic, payload) of ``count`` DESIGN §3 orders to the floor peer's vehicles."""
+    """(topic, payload) of ``count`` orders (docs/protocol.md#order) to the floor peer's vehicles."""
     now_ms = int(time.time() * 1000)
     dispatch_id = str(uuid.uuid4())
     messages: list[tuple[str, bytes]] = []

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m simulator",
-        description="Simulated EV fleet for V2G Fleet Dispatch (MQTT, DESIGN §3).",
+        description="Simulated EV fleet for V2G Fleet Dispatch (MQTT, docs/protocol.md).",
     )
     conn = parser.add_argument_group("connection")
     conn.add_argument(

@@ -1,4 +1,4 @@
-"""The simulator's own wire codec (DESIGN §3), independent of the integration."""
+"""The simulator's own wire codec (docs/protocol.md), independent of the integration."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TopicConfig:
-    """Topic templates (DESIGN §3 defaults); `{vehicle_id}` is one topic level."""
+    """Topic templates (docs/protocol.md#topics defaults); `{vehicle_id}` is one topic level."""
 
     command: str = "vehicle/{vehicle_id}/command"
     ack: str = "vehicle/{vehicle_id}/ack"

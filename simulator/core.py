@@ -1,4 +1,4 @@
-"""The fleet simulator: vehicles, gateways and their MQTT behaviour (DESIGN §3)."""
+"""The fleet simulator: vehicles, gateways and their MQTT behaviour (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spoofed, replayed, late and duplicate acks are never counted (DESIGN §3 "Ack").
+"""Spoofed, replayed, late and duplicate acks are never counted (docs/protocol.md#ack-matching).
 
 An ack counts only if its command id is pending and it arrives on the topic of the
 order's vehicle (for gateways: the gateway the order went through, and the item's

@@ -103,7 +103,7 @@ async def test_signal_is_dispatched_and_answered_with_the_response(
     assert resp.status == HTTPStatus.OK
     assert resp.content_type == "application/json"
     body = await resp.json()
-    # Answered after the dispatch ran to its end: the DESIGN §4 response.
+    # Answered after the dispatch ran to its end: the response of docs/actions.md#dispatch-response.
     assert body["status"] == "completed"
     assert body["signal"]["type"] == "FCR"
     assert body["requested_kw"] == 12.0

@@ -1,4 +1,4 @@
-"""Binary sensors: fleet ack-rate problem, vehicle plugged in (DESIGN §5)."""
+"""Binary sensors: fleet ack-rate problem, vehicle plugged in (docs/entities.md)."""
 
 from __future__ import annotations
 

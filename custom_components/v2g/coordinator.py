@@ -318,7 +318,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             LOGGER.info("MQTT broker connected again; the fleet is available")
         else:
             # No order may leave after the reconnect before the broker confirmed
-            # the ack subscriptions again (docs/protocol.md#subscriptions).
+            # the ack subscriptions again (docs/protocol.md#subscription-confirmation).
             self.intake.gate.async_reset()
             LOGGER.info("MQTT broker disconnected; the fleet entities are unavailable")
         self.config_entry.async_create_task(self.hass, self.async_refresh())

@@ -3,7 +3,7 @@
 A dispatch is validated (dispatching.py), waits until the broker confirmed the
 answer subscriptions, is marked in flight before its first order leaves, runs in
 the engine, and is then accounted in the metrics, appended to the dispatch log
-and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#events).
+and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event).
 Dispatches still running when the entry unloads, or left by a stop of Home
 Assistant, are recorded as ``interrupted``.
 """
@@ -78,7 +78,7 @@ class FleetDispatcher:
         strategy: Strategy | str | None = None,
         dry_run: bool = False,
     ) -> DispatchResult:
-        """Run one dispatch to the end and record it (docs/actions.md#v2gdispatch).
+        """Run one dispatch to the end and record it (docs/actions.md#dispatch).
 
         Raises:
             ServiceValidationError: bad values or unknown vehicle ids.

@@ -4,7 +4,7 @@ Each route names a kind of message (acks, gateway acks, discovery answers,
 telemetry), the topic template it arrives on, its size limit and the function
 that applies its payload. Input from the network never raises out of a callback
 and never corrupts state: a message that does not fit is counted per kind and
-reason (diagnostics) and logged once (docs/protocol.md#bad-input).
+reason (diagnostics) and logged once (docs/protocol.md#size-limits-and-bad-input).
 """
 
 from __future__ import annotations

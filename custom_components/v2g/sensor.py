@@ -1,4 +1,4 @@
-"""Sensors of the fleet service device and of each vehicle (DESIGN §5)."""
+"""Sensors of the fleet service device and of each vehicle (docs/entities.md)."""
 
 from __future__ import annotations
 

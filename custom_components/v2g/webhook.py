@@ -9,16 +9,16 @@ the Go mock server::
 
 and runs one dispatch through ``V2GFleetCoordinator.async_dispatch`` to the end
 before answering (the Go mock server was synchronous too): 200 with the dispatch
-response of the ``v2g.dispatch`` action (DESIGN §4), 400 ``{"error": reason}`` for
+response of the ``v2g.dispatch`` action (docs/actions.md#dispatch-response), 400 ``{"error": reason}`` for
 bad input, 413 for a body over 64 KiB, 503 when MQTT cannot take the orders.
 
 Decisions (differences from the Go server):
 
 * Signal types: ``FCR``; ``aFRR``, ``aFRR_UP``, ``aFRR_DOWN`` → aFRR; ``MA``;
   ``NEBEF``, ``DELESTAGE`` → NEBEF, as in Go, **plus ``EcoWatt``** (a signal type of
-  this integration, DESIGN §1/§4, that Go's RTE model rejected). Names are matched
+  this integration, docs/actions.md#dispatch, that Go's RTE model rejected). Names are matched
   ignoring case, like the action's ``signal_type``.
-* ``power`` is the requested power in kW with the sign of DESIGN §3 (> 0: the
+* ``power`` is the requested power in kW with the sign of docs/protocol.md#sign-convention (> 0: the
   vehicles discharge into the grid); Go's RTE power is positive for injection, so
   it is passed through unchanged.
 * Times must be RFC 3339 with a time zone (``Z`` or an offset).

@@ -69,7 +69,7 @@ async def test_real_hass_process_dispatches_to_the_simulated_fleet(
         }
         assert sum(setpoints.values()) == pytest.approx(12.0)
 
-        # HA's prometheus exporter publishes our entities (DESIGN §7).
+        # HA's prometheus exporter publishes our entities (docs/entities.md).
         metrics = await hass.rest("GET", "/api/prometheus")
         exported = {
             line.split("entity=")[1].split('"')[1]

@@ -283,7 +283,7 @@ async def test_overlapping_dispatches_supersede_and_never_mix_acks(
         older["vehicles"][own_older]["power_kw"]
     )
     assert newer["acknowledged_kw"] == pytest.approx(newer["requested_kw"])
-    # Superseded orders are not counted as published (DESIGN §4 ack rate).
+    # Superseded orders are not counted as published (docs/actions.md#ack-rate).
     assert older["ack_rate"] == 1.0
     assert newer["ack_rate"] == 1.0
 

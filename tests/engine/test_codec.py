@@ -1,4 +1,4 @@
-"""Wire codec (DESIGN §3): orders out, acks / vehicles / telemetry in."""
+"""Wire codec (docs/protocol.md): orders out, acks / vehicles / telemetry in."""
 
 from __future__ import annotations
 

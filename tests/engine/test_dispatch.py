@@ -65,7 +65,7 @@ FALLBACK_KEYS = {"power_kw", "status", "latency_ms", "command_id"}
 
 
 def assert_design_shape(response: dict[str, object]) -> None:
-    """The response has exactly the DESIGN §4 keys and is JSON-safe."""
+    """The response has exactly the keys of docs/actions.md#dispatch-response and is JSON-safe."""
     assert set(response) == TOP_KEYS
     signal = response["signal"]
     assert isinstance(signal, dict)
@@ -256,7 +256,7 @@ async def test_publish_failure_after_retries() -> None:
     assert outcome.status is OrderStatus.PUBLISH_FAILED
     assert outcome.reason == "ConnectionError: publish failed"
     assert result.status is DispatchStatus.FAILED
-    assert result.ack_rate is None  # nothing was published (DESIGN §4)
+    assert result.ack_rate is None  # nothing was published (docs/actions.md#ack-rate)
     assert harness.fleet.stats["v1"].publish_failed == 1
     assert harness.fleet.reliability("v1") == 1.0  # not the vehicle's fault
 

@@ -1,4 +1,4 @@
-"""Eligibility and safety rules (seed §3.4 filter + DESIGN §7 safety)."""
+"""Eligibility and safety rules (seed §3.4 filter + docs/dispatch.md#safety)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_discharge_floor_is_the_highest_of_the_three() -> None:
 
 
 def test_soc_at_or_below_floor_cannot_discharge_but_can_charge() -> None:
-    """Go test "SoC exactly at min_soc included, below excluded", with DESIGN signs.
+    """Go test "SoC exactly at min_soc included, below excluded", with our signs (docs/protocol.md#sign-convention).
 
     At the floor a vehicle has nothing left to give (fixed: Go let it in and
     relied on the caps), but it may always charge.

@@ -1,4 +1,4 @@
-"""Allocation strategies: Go behaviours (fixed where DESIGN §7 says) and invariants."""
+"""Allocation strategies: Go behaviours (fixed where docs/dispatch.md#strategies says) and invariants."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matching acks to pending orders (DESIGN §3 "Ack").
+"""Matching acks to pending orders (docs/protocol.md#ack-matching).
 
 Rules:
 

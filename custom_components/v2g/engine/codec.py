@@ -1,4 +1,4 @@
-"""Wire format of DESIGN §3: orders out, acks / vehicles / telemetry in.
+"""Wire format of docs/protocol.md: orders out, acks / vehicles / telemetry in.
 
 Decoders take untrusted bytes from the broker. They raise `DecodeError` (with a
 short reason) for every malformed input and nothing else, so callers can count
@@ -44,7 +44,7 @@ class DecodeError(EngineError):
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """One setpoint order for one vehicle (DESIGN §3 "Order")."""
+    """One setpoint order for one vehicle (docs/protocol.md#order)."""
 
     command_id: str
     vehicle_id: str
@@ -97,7 +97,7 @@ class Telemetry:
 
 
 def order_payload(order: Order) -> dict[str, Any]:
-    """Return the JSON object of an order (DESIGN §3)."""
+    """Return the JSON object of an order (docs/protocol.md#order)."""
     return {
         "command_id": order.command_id,
         "vehicle_id": order.vehicle_id,

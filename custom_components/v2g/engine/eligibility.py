@@ -5,7 +5,7 @@ Two layers of rules:
 * signal-type rules of the Go `SimpleVehicleFilter` (seed §3.4): every vehicle
   must be available; FCR needs a V2G vehicle with SoC >= 0.6; NEBEF needs a
   vehicle that is charging and not marked priority (it can reduce its charge);
-* safety rules (DESIGN §7): a discharge needs a V2G vehicle and never takes it
+* safety rules (docs/dispatch.md#safety): a discharge needs a V2G vehicle and never takes it
   below max(the configured min SoC, the safe floor), nor below what it needs to
   reach its own min SoC by its departure when recharging at its charge rate
   after the signal (if it leaves before the signal ends, it must keep its min

@@ -1,6 +1,6 @@
 """Energy and CO2 key figures (seed §5.5).
 
-Sign convention of DESIGN §3: positive power discharges into the grid
+Sign convention of docs/protocol.md#sign-convention: positive power discharges into the grid
 (injection), negative power charges the battery (absorption).
 """
 

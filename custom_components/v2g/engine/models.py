@@ -354,7 +354,7 @@ class FlexibilitySignal:
         return (self.power_kw > 0) - (self.power_kw < 0)
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the DESIGN §4 `signal` object."""
+        """Return the `signal` object of docs/actions.md#dispatch-response."""
         return {
             "type": self.signal_type.value,
             "power_kw": self.power_kw,

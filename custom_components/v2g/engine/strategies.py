@@ -1,6 +1,6 @@
 """Allocation strategies: how |P| is split over the eligible candidates.
 
-All strategies share one contract (DESIGN §7):
+All strategies share one contract (docs/dispatch.md#strategies):
 
 * each candidate gets 0 <= p <= its capacity, in the signal's direction;
 * the total is min(|P|, total capacity): power is never silently dropped while
