@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 import itertools
 import json
@@ -106,6 +106,20 @@ class Harness:
             **engine_kwargs,  # type: ignore[arg-type]
         )
         self.transport.engine = self.engine
+
+    def when_fleet_learns(self, callback: Callable[[], None]) -> None:
+        """Call `callback` as the fleet counts who took part in a dispatch.
+
+        That is the last thing the fleet learns from a dispatch (or from a closed
+        in-flight record); the dispatch is then still listed in flight.
+        """
+        add_participation = self.fleet.add_participation
+
+        def counted(vehicle_ids: Iterable[str]) -> None:
+            callback()
+            add_participation(vehicle_ids)
+
+        self.fleet.add_participation = counted  # type: ignore[method-assign]
 
     async def dispatch(self, power_kw: float, **kwargs: object) -> DispatchResult:
         signal_type = kwargs.pop("signal_type", SignalType.FCR)
@@ -749,13 +763,9 @@ async def test_listed_in_flight_until_the_fleet_has_learned() -> None:
     """A stop while the result is being recorded loses no acknowledged order."""
     harness = Harness(two_vehicles())
     at_learning: list[list[dict[str, object]]] = []
-    original = harness.engine._update_fleet
-
-    def spy(result: DispatchResult) -> None:
-        at_learning.append(harness.engine.pending_dispatches())
-        original(result)
-
-    harness.engine._update_fleet = spy  # type: ignore[method-assign]
+    harness.when_fleet_learns(
+        lambda: at_learning.append(harness.engine.pending_dispatches())
+    )
     result = await harness.dispatch(20.0)
     assert result.status is DispatchStatus.COMPLETED
     [records] = at_learning
@@ -809,13 +819,9 @@ async def test_kw_are_rounded_to_the_watt_and_scores_to_4_decimals() -> None:
     """
     harness = Harness([make_vehicle(f"v{i}", soc=0.712345) for i in range(3)])
     records: list[dict[str, object]] = []
-    original = harness.engine._update_fleet
-
-    def spy(result: DispatchResult) -> None:
-        records.extend(harness.engine.pending_dispatches())
-        original(result)
-
-    harness.engine._update_fleet = spy  # type: ignore[method-assign]
+    harness.when_fleet_learns(
+        lambda: records.extend(harness.engine.pending_dispatches())
+    )
     result = await harness.dispatch(
         10.0, strategy=Strategy.EQUAL, signal_type=SignalType.MA
     )

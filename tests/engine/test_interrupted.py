@@ -19,7 +19,6 @@ import pytest
 
 from custom_components.v2g.engine import (
     DispatchRequest,
-    DispatchResult,
     DispatchSettings,
     ExclusionReason,
     FleetState,
@@ -278,14 +277,12 @@ async def test_a_closed_record_agrees_with_the_live_response() -> None:
         {"v1": Rule(action="reject"), "v2": Rule(applied_power_kw=1.1)},
     )
     at_learning: list[dict[str, Any]] = []
-    original = harness.engine._update_fleet
 
-    def spy(result: DispatchResult) -> None:
+    def keep_record() -> None:
         [record] = harness.engine.pending_dispatches()
         at_learning.append(json.loads(json.dumps(record)))
-        original(result)
 
-    harness.engine._update_fleet = spy  # type: ignore[method-assign]
+    harness.when_fleet_learns(keep_record)
     result = await harness.dispatch(20.0, dispatch_id="d-same")
     assert result.fallback  # both rounds ran
     live = result.as_response()

@@ -10,9 +10,10 @@ One dispatch runs at most two rounds of orders:
    setpoints, acknowledged like the first round (the Go system only computed it).
 
 Each round is one `transport.publish` call with all its orders (failed ones are
-retried with exponential backoff) and one ack deadline. Pending entries are
-registered before publishing, and each knows its dispatch, so concurrent
-dispatches never mix acks; a newer order to a vehicle supersedes the older one.
+retried with exponential backoff) and one ack deadline, run by
+`rounds.RoundRunner`. Pending entries are registered before publishing, and each
+knows its dispatch, so concurrent dispatches never mix acks; a newer order to a
+vehicle supersedes the older one. Acks arrive through `intake.AckIntake`.
 
 All timing goes through the injected `Runtime`; the engine reads no clock.
 """
@@ -21,22 +22,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 import math
 from typing import Any
 
 from .acks import AckDisposition, AckTracker, PendingOrder
-from .codec import DecodeError, Order, decode_ack, decode_gateway_acks
+from .codec import Order
 from .eligibility import Candidate, evaluate_eligibility
 from .fallback import reallocate
 from .fleet import FleetState
-from .inflight import (
-    PHASE_FALLBACK,
-    PHASE_PUBLISHING,
-    PHASE_WAITING,
-    InFlight,
-    close_record,
-)
+from .inflight import InFlight, close_record
+from .intake import AckIntake
 from .models import (
     DispatchStatus,
     ExclusionReason,
@@ -57,6 +54,7 @@ from .results import (
     final_status,
     summarise,
 )
+from .rounds import RoundRunner
 from .settings import DispatchRequest, DispatchSettings, new_id
 from .steps import async_chunks
 from .strategies import Allocation, allocate
@@ -65,18 +63,17 @@ from .strategies import Allocation, allocate
 _MAX_LISTED_IDS = 10
 
 
-class _Round:
-    """Ack bookkeeping of one round: resolves its future when nothing is pending."""
+@dataclass(slots=True)
+class _Plan:
+    """What a dispatch decided before sending anything."""
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
-        self.outstanding = 0
-        self.entries: list[PendingOrder] = []
-
-    def order_resolved(self, entry: PendingOrder) -> None:
-        self.outstanding -= 1
-        if self.outstanding <= 0 and not self.future.done():
-            self.future.set_result(None)
+    request: DispatchRequest
+    strategy: Strategy
+    candidates: list[Candidate]
+    excluded: dict[str, ExclusionReason]
+    allocation: Allocation
+    orders: list[Order]
+    flight: InFlight
 
 
 class DispatchEngine:
@@ -112,22 +109,20 @@ class DispatchEngine:
         self.tracker = tracker if tracker is not None else AckTracker()
         self._new_id = id_factory
         self._inflight: dict[str, InFlight] = {}
+        # Answers arrive on their own and rounds wait for them: two collaborators
+        # sharing the tracker. Settings are read through the engine on each use.
+        self._intake = AckIntake(self.tracker, fleet, runtime)
+        self._rounds = RoundRunner(
+            transport, runtime, self.tracker, lambda: self.settings
+        )
 
-    # --- incoming acks ----------------------------------------------------------
+    # --- incoming acks (see `intake`) -------------------------------------------
 
     def handle_ack(
         self, topic_vehicle_id: str, payload: bytes | str
     ) -> AckDisposition | None:
         """Handle a per-vehicle ack message; None if it was malformed (counted)."""
-        try:
-            ack = decode_ack(payload)
-        except DecodeError:
-            self.tracker.count_malformed()
-            return None
-        now = self.runtime.monotonic()
-        disposition = self.tracker.handle_ack(topic_vehicle_id, ack, now)
-        self._learn_from_ack(topic_vehicle_id, disposition, now)
-        return disposition
+        return self._intake.handle_ack(topic_vehicle_id, payload)
 
     def handle_gateway_acks(
         self, payload: bytes | str, gateway_id: str | None = None
@@ -137,36 +132,7 @@ class DispatchEngine:
         None if the envelope was malformed (counted). With `gateway_id` (from the
         topic) an ack only counts for orders routed through that gateway.
         """
-        try:
-            acks = decode_gateway_acks(payload)
-        except DecodeError:
-            self.tracker.count_malformed()
-            return None
-        if acks.invalid:
-            self.tracker.count_malformed(acks.invalid)
-        now = self.runtime.monotonic()
-        summary: dict[AckDisposition, int] = {}
-        for ack in acks:
-            vehicle_id = ack.vehicle_id
-            assert vehicle_id is not None  # guaranteed for gateway acks
-            disposition = self.tracker.handle_ack(
-                vehicle_id, ack, now, gateway_id=gateway_id
-            )
-            self._learn_from_ack(vehicle_id, disposition, now)
-            summary[disposition] = summary.get(disposition, 0) + 1
-        return summary
-
-    def _learn_from_ack(
-        self, vehicle_id: str, disposition: AckDisposition, now: float
-    ) -> None:
-        if disposition in (
-            AckDisposition.ACCEPTED,
-            AckDisposition.REJECTED,
-            AckDisposition.LATE,
-        ):
-            self.fleet.touch(vehicle_id, now)
-        if disposition is AckDisposition.LATE:
-            self.fleet.record_late(vehicle_id)
+        return self._intake.handle_gateway_acks(payload, gateway_id)
 
     # --- in-flight view ---------------------------------------------------------
 
@@ -193,10 +159,116 @@ class DispatchEngine:
         record never raises: what can be read is learnt (see `close_record`).
         """
         closed = close_record(record, completed_at)
-        self._learn(closed.answered(self.settings.order_ttl_s), completed_at)
+        _learn(self.fleet, closed.answered(self.settings.order_ttl_s), completed_at)
         return closed.response
 
     # --- dispatch ---------------------------------------------------------------
+
+    async def dispatch(self, request: DispatchRequest) -> DispatchResult:
+        """Run one dispatch to the end (or plan it, for a dry run).
+
+        Raises:
+            InvalidValueError: unknown vehicle ids, or a dispatch id in flight.
+        """
+        if request.dispatch_id in self._inflight:
+            raise InvalidValueError("dispatch_id", "a dispatch with this id is running")
+        plan = await self._plan(request)
+        flight = plan.flight
+        if request.dry_run:
+            planned = {
+                order.vehicle_id: OrderOutcome(
+                    vehicle_id=order.vehicle_id,
+                    power_kw=order.power_kw,
+                    status=OrderStatus.PLANNED,
+                    command_id=None,
+                    score=plan.allocation.scores.get(order.vehicle_id),
+                )
+                for order in plan.orders
+            }
+            return _result(plan, planned, {}, self.runtime.now())
+
+        self._inflight[request.dispatch_id] = flight
+        try:
+            await _yield_to_loop()
+            first = await self._rounds.run(flight, OrderRound.INITIAL, plan.orders)
+            second: list[PendingOrder] = []
+            if request.signal.power_kw != 0.0:
+                fallback_orders = self._fallback_orders(plan, first)
+                if fallback_orders:
+                    second = await self._rounds.run(
+                        flight, OrderRound.FALLBACK, fallback_orders
+                    )
+            initial = await _outcomes(flight, OrderRound.INITIAL, first)
+            fallback = await _outcomes(flight, OrderRound.FALLBACK, second)
+            result = _result(plan, initial, fallback, self.runtime.now())
+            # The outcomes of 10,000 orders and learning from them: two steps.
+            await _yield_to_loop()
+            _learn(self.fleet, result.outcomes, result.completed_at)
+        finally:
+            del self._inflight[request.dispatch_id]
+            # Until here the dispatch is listed in flight: a stop of Home
+            # Assistant records it as interrupted with everything it knows.
+            # Only does something if this task was cancelled mid-way.
+            self.tracker.forget(
+                entry.order.command_id
+                for entries in flight.rounds.values()
+                for entry in entries
+                if entry.status is OrderStatus.PENDING
+            )
+
+        return result
+
+    async def _plan(self, request: DispatchRequest) -> _Plan:
+        """Choose the vehicles and their powers, and write the first orders."""
+        runtime = self.runtime
+        signal = request.signal
+        started_at = runtime.now()
+        started_mono = runtime.monotonic()
+        self.fleet.accrue(started_at)
+        vehicles = self._select_vehicles(request.vehicle_ids)
+        strategy = request.strategy or self.settings.strategy_for(signal.signal_type)
+
+        if signal.power_kw == 0.0:
+            candidates: list[Candidate] = []
+            excluded: dict[str, ExclusionReason] = {}
+            setpoints = self.fleet.setpoints
+            # Return to idle only where something is not idle.
+            powers = {
+                v.vehicle_id: 0.0 for v in vehicles if setpoints.get(v.vehicle_id)
+            }
+            allocation = Allocation(powers, {}, 0.0)
+        else:
+            eligibility = evaluate_eligibility(
+                vehicles, signal, self.settings.safety, started_at
+            )
+            excluded = eligibility.excluded
+            candidates = _with_predictions(
+                self.prediction, eligibility.candidates, signal
+            )
+            await _yield_to_loop()
+            allocation = allocate(
+                strategy,
+                candidates,
+                signal,
+                now=started_at,
+                weights=self.settings.weights,
+                participation=self.fleet.participation_share(),
+                reliability=self.fleet.reliability_map(),
+                segments=self.settings.segments,
+            )
+            powers = allocation.assignments
+        by_id = {v.vehicle_id: v for v in vehicles}
+        # Every order of a round carries the same timestamp (and expiry).
+        timestamp_ms = int(runtime.now().timestamp() * 1000)
+        orders: list[Order] = []
+        async for chunk in async_chunks(list(powers.items())):
+            orders.extend(self._make_orders(request, dict(chunk), by_id, timestamp_ms))
+        flight = InFlight(
+            request, strategy, started_at, started_mono, excluded, allocation.scores
+        )
+        return _Plan(
+            request, strategy, candidates, excluded, allocation, orders, flight
+        )
 
     def _select_vehicles(self, vehicle_ids: tuple[str, ...] | None) -> list[Vehicle]:
         vehicles = self.fleet.vehicles
@@ -222,24 +294,6 @@ class DispatchEngine:
             else v
             for v in selected
         ]
-
-    def _predict(
-        self, candidates: list[Candidate], signal: FlexibilitySignal
-    ) -> list[Candidate]:
-        if self.prediction is None:
-            return candidates
-        # Seed §3.2 step 4: the probability of still being there at the end.
-        at = signal.end
-        predicted: list[Candidate] = []
-        for candidate in candidates:
-            vehicle = candidate.vehicle
-            probability = self.prediction.availability(vehicle.vehicle_id, at)
-            if isinstance(probability, int | float) and math.isfinite(probability):
-                vehicle = vehicle.with_changes(
-                    availability_prob=min(max(float(probability), 0.0), 1.0)
-                )
-            predicted.append(Candidate(vehicle, candidate.capacity_kw))
-        return predicted
 
     def _make_orders(
         self,
@@ -268,87 +322,8 @@ class DispatchEngine:
             for vehicle_id, power in powers.items()
         ]
 
-    async def _publish(self, orders: Sequence[Order]) -> list[Exception | None]:
-        try:
-            results = await self.transport.publish(orders)
-        except Exception as err:  # noqa: BLE001 - any transport error fails the call
-            return [err] * len(orders)
-        if len(results) != len(orders):
-            error = RuntimeError(
-                f"transport returned {len(results)} results for {len(orders)} orders"
-            )
-            return [error] * len(orders)
-        return list(results)
-
-    async def _run_round(
-        self, flight: InFlight, round_name: OrderRound, orders: Sequence[Order]
-    ) -> list[PendingOrder]:
-        """Register, publish (with retries) and wait for the acks of one round."""
-        runtime = self.runtime
-        tracker = self.tracker
-        rnd = _Round(runtime.create_future())
-        registered_at = runtime.monotonic()
-        for order in orders:
-            tracker.register(order, registered_at, rnd)
-            entry = tracker.pending(order.command_id)
-            assert entry is not None
-            rnd.entries.append(entry)
-        rnd.outstanding = len(rnd.entries)
-        flight.rounds[round_name] = rnd.entries
-        flight.phase = PHASE_PUBLISHING
-
-        to_publish = list(orders)
-        attempt = 0
-        while to_publish:
-            results = await self._publish(to_publish)
-            failed = [
-                (order, error)
-                for order, error in zip(to_publish, results, strict=True)
-                # An ack may already have arrived (or a newer order superseded it).
-                if error is not None and tracker.pending(order.command_id) is not None
-            ]
-            if not failed:
-                break
-            if attempt >= self.settings.publish_retries:
-                now = runtime.monotonic()
-                for order, error in failed:
-                    tracker.resolve(
-                        order.command_id,
-                        OrderStatus.PUBLISH_FAILED,
-                        now,
-                        reason=_describe(error),
-                    )
-                break
-            await runtime.sleep(self.settings.retry_backoff_s * 2**attempt)
-            attempt += 1
-            to_publish = [
-                order
-                for order, _ in failed
-                if tracker.pending(order.command_id) is not None
-            ]
-
-        if rnd.outstanding > 0:
-            flight.phase = (
-                PHASE_WAITING if round_name is OrderRound.INITIAL else PHASE_FALLBACK
-            )
-            command_ids = [entry.order.command_id for entry in rnd.entries]
-
-            def deadline() -> None:
-                # One timer per round, not per order: 10,000 orders, one wake-up.
-                tracker.expire(command_ids, runtime.monotonic())
-
-            handle = runtime.call_later(self.settings.ack_timeout_s, deadline)
-            try:
-                await rnd.future
-            finally:
-                handle.cancel()
-        return rnd.entries
-
     def _fallback_orders(
-        self,
-        request: DispatchRequest,
-        candidates: Sequence[Candidate],
-        first: Sequence[PendingOrder],
+        self, plan: _Plan, first: Sequence[PendingOrder]
     ) -> list[Order]:
         mode = self.settings.fallback
         residual = math.fsum(e.order.power_kw - e.delivered_kw for e in first)
@@ -357,7 +332,7 @@ class DispatchEngine:
         by_vehicle = {entry.order.vehicle_id: entry for entry in first}
         donors: list[Candidate] = []
         current: dict[str, float] = {}
-        for candidate in candidates:
+        for candidate in plan.candidates:
             vehicle_id = candidate.vehicle.vehicle_id
             entry = by_vehicle.get(vehicle_id)
             if entry is not None and (
@@ -373,187 +348,93 @@ class DispatchEngine:
             mode, residual, donors, current, self.fleet.reliability_map()
         )
         vehicles = {c.vehicle.vehicle_id: c.vehicle for c in donors}
-        return self._make_orders(request, totals, vehicles)
+        return self._make_orders(plan.request, totals, vehicles)
 
-    async def dispatch(self, request: DispatchRequest) -> DispatchResult:
-        """Run one dispatch to the end (or plan it, for a dry run).
 
-        Raises:
-            InvalidValueError: unknown vehicle ids, or a dispatch id in flight.
-        """
-        if request.dispatch_id in self._inflight:
-            raise InvalidValueError("dispatch_id", "a dispatch with this id is running")
-        runtime = self.runtime
-        signal = request.signal
-        started_at = runtime.now()
-        started_mono = runtime.monotonic()
-        self.fleet.accrue(started_at)
-        vehicles = self._select_vehicles(request.vehicle_ids)
-        strategy = request.strategy or self.settings.strategy_for(signal.signal_type)
-
-        if signal.power_kw == 0.0:
-            candidates: list[Candidate] = []
-            excluded: dict[str, ExclusionReason] = {}
-            setpoints = self.fleet.setpoints
-            # Return to idle only where something is not idle.
-            powers = {
-                v.vehicle_id: 0.0 for v in vehicles if setpoints.get(v.vehicle_id)
-            }
-            allocation = Allocation(powers, {}, 0.0)
-        else:
-            eligibility = evaluate_eligibility(
-                vehicles, signal, self.settings.safety, started_at
+def _with_predictions(
+    prediction: PredictionEngine | None,
+    candidates: list[Candidate],
+    signal: FlexibilitySignal,
+) -> list[Candidate]:
+    """The candidates with their predicted availability, when there is a model."""
+    if prediction is None:
+        return candidates
+    # Seed §3.2 step 4: the probability of still being there at the end.
+    at = signal.end
+    predicted: list[Candidate] = []
+    for candidate in candidates:
+        vehicle = candidate.vehicle
+        probability = prediction.availability(vehicle.vehicle_id, at)
+        if isinstance(probability, int | float) and math.isfinite(probability):
+            vehicle = vehicle.with_changes(
+                availability_prob=min(max(float(probability), 0.0), 1.0)
             )
-            excluded = eligibility.excluded
-            candidates = self._predict(eligibility.candidates, signal)
-            await _yield_to_loop()
-            allocation = allocate(
-                strategy,
-                candidates,
-                signal,
-                now=started_at,
-                weights=self.settings.weights,
-                participation=self.fleet.participation_share(),
-                reliability=self.fleet.reliability_map(),
-                segments=self.settings.segments,
-            )
-            powers = allocation.assignments
-        by_id = {v.vehicle_id: v for v in vehicles}
-        # Every order of a round carries the same timestamp (and expiry).
-        timestamp_ms = int(runtime.now().timestamp() * 1000)
-        orders: list[Order] = []
-        async for chunk in async_chunks(list(powers.items())):
-            orders.extend(self._make_orders(request, dict(chunk), by_id, timestamp_ms))
-        flight = InFlight(
-            request, strategy, started_at, started_mono, excluded, allocation.scores
+        predicted.append(Candidate(vehicle, candidate.capacity_kw))
+    return predicted
+
+
+async def _outcomes(
+    flight: InFlight, round_name: OrderRound, entries: Sequence[PendingOrder]
+) -> dict[str, OrderOutcome]:
+    """The outcome of each order of a finished round, by vehicle."""
+    outcomes: dict[str, OrderOutcome] = {}
+    async for chunk in async_chunks(entries):
+        outcomes.update(
+            (e.order.vehicle_id, flight.outcome(e, round_name)) for e in chunk
         )
+    return outcomes
 
-        if request.dry_run:
-            planned = {
-                order.vehicle_id: OrderOutcome(
-                    vehicle_id=order.vehicle_id,
-                    power_kw=order.power_kw,
-                    status=OrderStatus.PLANNED,
-                    command_id=None,
-                    score=allocation.scores.get(order.vehicle_id),
-                )
-                for order in orders
-            }
-            return self._result(
-                request, strategy, allocation, excluded, flight, planned, {}
-            )
 
-        self._inflight[request.dispatch_id] = flight
-        try:
-            await _yield_to_loop()
-            first = await self._run_round(flight, OrderRound.INITIAL, orders)
-            second: list[PendingOrder] = []
-            if signal.power_kw != 0.0:
-                fallback_orders = self._fallback_orders(request, candidates, first)
-                if fallback_orders:
-                    second = await self._run_round(
-                        flight, OrderRound.FALLBACK, fallback_orders
-                    )
-            result = await self._async_result(
-                request, strategy, allocation, excluded, flight, first, second
-            )
-            # The outcomes of 10,000 orders and learning from them: two steps.
-            await _yield_to_loop()
-            self._update_fleet(result)
-        finally:
-            del self._inflight[request.dispatch_id]
-            # Until here the dispatch is listed in flight: a stop of Home
-            # Assistant records it as interrupted with everything it knows.
-            # Only does something if this task was cancelled mid-way.
-            self.tracker.forget(
-                entry.order.command_id
-                for entries in flight.rounds.values()
-                for entry in entries
-                if entry.status is OrderStatus.PENDING
-            )
+def _result(
+    plan: _Plan,
+    initial: dict[str, OrderOutcome],
+    fallback: dict[str, OrderOutcome],
+    completed_at: datetime,
+) -> DispatchResult:
+    """The result of a dispatch (of a dry run: its orders are `planned`)."""
+    request = plan.request
+    signal = request.signal
+    summary = summarise(initial.values(), fallback.values())
+    return DispatchResult(
+        dispatch_id=request.dispatch_id,
+        signal=signal,
+        strategy=plan.strategy,
+        status=DispatchStatus.PLANNED
+        if request.dry_run
+        else final_status(signal.power_kw, summary, len(initial)),
+        requested_kw=signal.power_kw,
+        assigned_kw=summary.assigned_kw,
+        acknowledged_kw=summary.acknowledged_kw,
+        ack_rate=summary.ack_rate,
+        vehicles=initial,
+        fallback=fallback,
+        excluded=plan.excluded,
+        started_at=plan.flight.started_at,
+        completed_at=completed_at,
+        scores=plan.allocation.scores,
+        shortfall_kw=plan.allocation.shortfall_kw,
+        orders_published=summary.published,
+        orders_acknowledged=summary.acknowledged,
+    )
 
-        return result
 
-    async def _async_result(
-        self,
-        request: DispatchRequest,
-        strategy: Strategy,
-        allocation: Allocation,
-        excluded: dict[str, ExclusionReason],
-        flight: InFlight,
-        first: Sequence[PendingOrder],
-        second: Sequence[PendingOrder],
-    ) -> DispatchResult:
-        """The result of a dispatch whose rounds are over."""
-        initial: dict[str, OrderOutcome] = {}
-        async for chunk in async_chunks(first):
-            initial.update(
-                (e.order.vehicle_id, flight.outcome(e, OrderRound.INITIAL))
-                for e in chunk
-            )
-        fallback: dict[str, OrderOutcome] = {}
-        async for chunk in async_chunks(second):
-            fallback.update(
-                (e.order.vehicle_id, flight.outcome(e, OrderRound.FALLBACK))
-                for e in chunk
-            )
-        return self._result(
-            request, strategy, allocation, excluded, flight, initial, fallback
+def _learn(
+    fleet: FleetState, outcomes: Iterable[OrderOutcome], completed_at: datetime
+) -> None:
+    """Teach the fleet the final status of each order, and who took part."""
+    participants: set[str] = set()
+    for outcome in outcomes:
+        fleet.record_outcome(
+            outcome.vehicle_id,
+            outcome.status,
+            outcome.delivered_kw,
+            outcome.latency_ms,
+            outcome.resolved_at or completed_at,
+            expires_at=outcome.expires_at,
         )
-
-    def _result(
-        self,
-        request: DispatchRequest,
-        strategy: Strategy,
-        allocation: Allocation,
-        excluded: dict[str, ExclusionReason],
-        flight: InFlight,
-        initial: dict[str, OrderOutcome],
-        fallback: dict[str, OrderOutcome],
-    ) -> DispatchResult:
-        """The result of a dispatch (of a dry run: its orders are `planned`)."""
-        signal = request.signal
-        summary = summarise(initial.values(), fallback.values())
-        return DispatchResult(
-            dispatch_id=request.dispatch_id,
-            signal=signal,
-            strategy=strategy,
-            status=DispatchStatus.PLANNED
-            if request.dry_run
-            else final_status(signal.power_kw, summary, len(initial)),
-            requested_kw=signal.power_kw,
-            assigned_kw=summary.assigned_kw,
-            acknowledged_kw=summary.acknowledged_kw,
-            ack_rate=summary.ack_rate,
-            vehicles=initial,
-            fallback=fallback,
-            excluded=excluded,
-            started_at=flight.started_at,
-            completed_at=self.runtime.now(),
-            scores=allocation.scores,
-            shortfall_kw=allocation.shortfall_kw,
-            orders_published=summary.published,
-            orders_acknowledged=summary.acknowledged,
-        )
-
-    def _update_fleet(self, result: DispatchResult) -> None:
-        self._learn(result.outcomes, result.completed_at)
-
-    def _learn(self, outcomes: Iterable[OrderOutcome], completed_at: datetime) -> None:
-        fleet = self.fleet
-        participants: set[str] = set()
-        for outcome in outcomes:
-            fleet.record_outcome(
-                outcome.vehicle_id,
-                outcome.status,
-                outcome.delivered_kw,
-                outcome.latency_ms,
-                outcome.resolved_at or completed_at,
-                expires_at=outcome.expires_at,
-            )
-            if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
-                participants.add(outcome.vehicle_id)
-        fleet.add_participation(sorted(participants))
+        if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
+            participants.add(outcome.vehicle_id)
+    fleet.add_participation(sorted(participants))
 
 
 async def _yield_to_loop() -> None:
@@ -563,8 +444,3 @@ async def _yield_to_loop() -> None:
     back they would block the loop for longer than 100 ms.
     """
     await asyncio.sleep(0)
-
-
-def _describe(error: Exception) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -88,6 +88,20 @@ class VehicleStats:
             else isoformat_utc(self.last_outcome_at),
         }
 
+    def count(
+        self, status: OrderStatus, latency_ms: float | None, at: datetime
+    ) -> None:
+        """Count one order's final status."""
+        if status in _SENT:
+            self.sent += 1
+        counter = _STATUS_COUNTER.get(status)
+        if counter is not None:
+            setattr(self, counter, getattr(self, counter) + 1)
+        if latency_ms is not None:
+            self.last_latency_ms = latency_ms
+        self.last_status = status
+        self.last_outcome_at = at
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VehicleStats:
         """Inverse of `as_dict`."""
@@ -127,6 +141,82 @@ class Setpoint:
             "accrued_until": isoformat_utc(self.accrued_until),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Setpoint:
+        """Inverse of `as_dict`."""
+        expires = data.get("expires_at")
+        return cls(
+            float(data["power_kw"]),
+            _parse_time(data["since"]),
+            None if expires is None else _parse_time(expires),
+            _parse_time(data["accrued_until"]),
+        )
+
+
+class EnergyLedger:
+    """The acknowledged setpoints and the energy integrated from them.
+
+    Apart from `FleetState` because setpoints follow their own time rule (see the
+    module docstring): wall time, expiry, lazy integration.
+    """
+
+    def __init__(self) -> None:
+        """Start with no setpoint and no energy."""
+        self.setpoints: dict[str, Setpoint] = {}
+        self.discharged_kwh: dict[str, float] = {}
+        self.charged_kwh: dict[str, float] = {}
+
+    def hold(
+        self,
+        vehicle_id: str,
+        power_kw: float,
+        at: datetime,
+        expires_at: datetime | None,
+    ) -> None:
+        """Hold an acknowledged setpoint from `at` (an older one is ignored)."""
+        current = self.setpoints.get(vehicle_id)
+        if current is not None:
+            if at < current.since:
+                return
+            self._accrue_one(vehicle_id, current, at)
+        if power_kw == 0.0:
+            self.setpoints.pop(vehicle_id, None)
+            return
+        self.setpoints[vehicle_id] = Setpoint(power_kw, at, expires_at, at)
+
+    def accrue(self, now: datetime) -> None:
+        """Integrate every setpoint up to `now`; drop the ones that expired."""
+        expired: list[str] = []
+        for vehicle_id, setpoint in self.setpoints.items():
+            self._accrue_one(vehicle_id, setpoint, now)
+            if setpoint.expires_at is not None and setpoint.expires_at <= now:
+                expired.append(vehicle_id)
+        for vehicle_id in expired:
+            del self.setpoints[vehicle_id]
+
+    def forget(self, vehicle_id: str) -> None:
+        """Drop a vehicle's setpoint and energy."""
+        for table in (self.setpoints, self.discharged_kwh, self.charged_kwh):
+            table.pop(vehicle_id, None)
+
+    def _accrue_one(self, vehicle_id: str, setpoint: Setpoint, now: datetime) -> None:
+        until = now
+        if setpoint.expires_at is not None and setpoint.expires_at < until:
+            until = setpoint.expires_at
+        if until <= setpoint.accrued_until:
+            return
+        seconds = (until - setpoint.accrued_until).total_seconds()
+        discharged, charged = energy_kwh(setpoint.power_kw, seconds)
+        if discharged:
+            self.discharged_kwh[vehicle_id] = (
+                self.discharged_kwh.get(vehicle_id, 0.0) + discharged
+            )
+        if charged:
+            self.charged_kwh[vehicle_id] = (
+                self.charged_kwh.get(vehicle_id, 0.0) + charged
+            )
+        setpoint.accrued_until = until
+
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
@@ -148,11 +238,9 @@ class FleetState:
         self.last_seen: dict[str, float] = {}
         self.participation: dict[str, int] = {}
         self.stats: dict[str, VehicleStats] = {}
-        self.energy_discharged_kwh: dict[str, float] = {}
-        self.energy_charged_kwh: dict[str, float] = {}
         self.measured_power_kw: dict[str, float] = {}
         self._reliability: dict[str, float] = {}
-        self._setpoints: dict[str, Setpoint] = {}
+        self._energy = EnergyLedger()
 
     # --- vehicles ---------------------------------------------------------------
 
@@ -197,13 +285,11 @@ class FleetState:
             self.last_seen,
             self.participation,
             self.stats,
-            self.energy_discharged_kwh,
-            self.energy_charged_kwh,
             self.measured_power_kw,
             self._reliability,
-            self._setpoints,
         ):
             table.pop(vehicle_id, None)
+        self._energy.forget(vehicle_id)
         return found
 
     def stale_ids(self, now: float, timeout: float) -> list[str]:
@@ -273,15 +359,7 @@ class FleetState:
         stats = self.stats.get(vehicle_id)
         if stats is None:
             stats = self.stats[vehicle_id] = VehicleStats()
-        if status in _SENT:
-            stats.sent += 1
-        counter = _STATUS_COUNTER.get(status)
-        if counter is not None:
-            setattr(stats, counter, getattr(stats, counter) + 1)
-        if latency_ms is not None:
-            stats.last_latency_ms = latency_ms
-        stats.last_status = status
-        stats.last_outcome_at = at
+        stats.count(status, latency_ms, at)
         sample = _RELIABILITY_SAMPLE.get(status)
         if sample is not None:
             previous = self._reliability.get(vehicle_id, RELIABILITY_MAX)
@@ -290,7 +368,7 @@ class FleetState:
                 max(updated, RELIABILITY_MIN), RELIABILITY_MAX
             )
         if status is OrderStatus.ACKNOWLEDGED:
-            self._set_setpoint(vehicle_id, power_kw, at, expires_at)
+            self._energy.hold(vehicle_id, power_kw, at, expires_at)
 
     def record_late(self, vehicle_id: str) -> None:
         """Count a late ack (the order's result stays unchanged)."""
@@ -298,61 +376,30 @@ class FleetState:
             stats = self.stats.setdefault(vehicle_id, VehicleStats())
             stats.late += 1
 
-    # --- setpoints and energy ---------------------------------------------------
+    # --- setpoints and energy (see `EnergyLedger`) ------------------------------
 
     @property
     def setpoints(self) -> dict[str, float]:
         """Acknowledged non-zero setpoints (as of the last `accrue`/outcome)."""
-        return {vid: sp.power_kw for vid, sp in self._setpoints.items()}
+        return {vid: sp.power_kw for vid, sp in self._energy.setpoints.items()}
 
     def setpoint(self, vehicle_id: str) -> Setpoint | None:
         """The current setpoint record of a vehicle, if any."""
-        return self._setpoints.get(vehicle_id)
+        return self._energy.setpoints.get(vehicle_id)
 
-    def _set_setpoint(
-        self,
-        vehicle_id: str,
-        power_kw: float,
-        at: datetime,
-        expires_at: datetime | None,
-    ) -> None:
-        current = self._setpoints.get(vehicle_id)
-        if current is not None:
-            if at < current.since:
-                return
-            self._accrue_one(vehicle_id, current, at)
-        if power_kw == 0.0:
-            self._setpoints.pop(vehicle_id, None)
-            return
-        self._setpoints[vehicle_id] = Setpoint(power_kw, at, expires_at, at)
+    @property
+    def energy_discharged_kwh(self) -> dict[str, float]:
+        """Energy each vehicle discharged (as of the last `accrue`/outcome)."""
+        return self._energy.discharged_kwh
 
-    def _accrue_one(self, vehicle_id: str, setpoint: Setpoint, now: datetime) -> None:
-        until = now
-        if setpoint.expires_at is not None and setpoint.expires_at < until:
-            until = setpoint.expires_at
-        if until <= setpoint.accrued_until:
-            return
-        seconds = (until - setpoint.accrued_until).total_seconds()
-        discharged, charged = energy_kwh(setpoint.power_kw, seconds)
-        if discharged:
-            self.energy_discharged_kwh[vehicle_id] = (
-                self.energy_discharged_kwh.get(vehicle_id, 0.0) + discharged
-            )
-        if charged:
-            self.energy_charged_kwh[vehicle_id] = (
-                self.energy_charged_kwh.get(vehicle_id, 0.0) + charged
-            )
-        setpoint.accrued_until = until
+    @property
+    def energy_charged_kwh(self) -> dict[str, float]:
+        """Energy each vehicle charged (as of the last `accrue`/outcome)."""
+        return self._energy.charged_kwh
 
     def accrue(self, now: datetime) -> None:
         """Integrate every setpoint up to `now`; drop the ones that expired."""
-        expired: list[str] = []
-        for vehicle_id, setpoint in self._setpoints.items():
-            self._accrue_one(vehicle_id, setpoint, now)
-            if setpoint.expires_at is not None and setpoint.expires_at <= now:
-                expired.append(vehicle_id)
-        for vehicle_id in expired:
-            del self._setpoints[vehicle_id]
+        self._energy.accrue(now)
 
     # --- persistence ------------------------------------------------------------
 
@@ -371,7 +418,7 @@ class FleetState:
             vehicles.extend(v.as_dict() for v in vehicle_chunk)
             yield
         setpoints: dict[str, Any] = {}
-        for setpoint_chunk in chunks(list(self._setpoints.items())):
+        for setpoint_chunk in chunks(list(self._energy.setpoints.items())):
             setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
             yield
         stats: dict[str, Any] = {}
@@ -414,15 +461,10 @@ class FleetState:
                 if seen_at is not None:
                     fleet.last_seen[vehicle.vehicle_id] = seen_at
             known = fleet.vehicles
+            energy = fleet._energy
             for vid, item in data.get("setpoints", {}).items():
                 if vid in known:
-                    expires = item.get("expires_at")
-                    fleet._setpoints[vid] = Setpoint(
-                        float(item["power_kw"]),
-                        _parse_time(item["since"]),
-                        None if expires is None else _parse_time(expires),
-                        _parse_time(item["accrued_until"]),
-                    )
+                    energy.setpoints[vid] = Setpoint.from_dict(item)
             fleet.participation = {
                 vid: int(n)
                 for vid, n in data.get("participation", {}).items()
@@ -438,16 +480,15 @@ class FleetState:
                 for vid, item in data.get("stats", {}).items()
                 if vid in known
             }
-            for name in ("energy_discharged_kwh", "energy_charged_kwh"):
-                setattr(
-                    fleet,
-                    name,
-                    {
-                        vid: float(kwh)
-                        for vid, kwh in data.get(name, {}).items()
-                        if vid in known
-                    },
-                )
+            energy.discharged_kwh = _known_floats(data, "energy_discharged_kwh", known)
+            energy.charged_kwh = _known_floats(data, "energy_charged_kwh", known)
         except (DecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidValueError("fleet", f"malformed state: {err}") from err
         return fleet
+
+
+def _known_floats(
+    data: Mapping[str, Any], name: str, known: Mapping[str, Vehicle]
+) -> dict[str, float]:
+    """The per-vehicle numbers stored under `name`, for known vehicles only."""
+    return {vid: float(kwh) for vid, kwh in data.get(name, {}).items() if vid in known}
