@@ -44,7 +44,10 @@ async def test_diagnostics(
     )
     await hass.async_block_till_done()
     # The broker's subscription confirmation arrives a moment after setup.
-    await flush_subscriptions(hass)
+    for _ in range(20):
+        await flush_subscriptions(hass)
+        if entry.runtime_data.gate_open:
+            break
     FleetResponder(hass, fleet_mqtt)
     await hass.services.async_call(
         DOMAIN,
