@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 import json
+import math
 from pathlib import Path
 import re
 from typing import Any
@@ -314,8 +315,8 @@ async def test_dispatch_without_response_and_duration_forms(
     ("data", "key"),
     [
         ({"power_kw": 5, "vehicles": ["v1", "ghost"]}, "unknown_vehicles"),
-        ({"power_kw": 5, "duration": {"days": 2}}, "invalid_value"),
-        ({"power_kw": 5, "duration": {"seconds": 0}}, "invalid_value"),
+        ({"power_kw": 5, "duration": {"days": 2}}, "invalid_duration"),
+        ({"power_kw": 5, "duration": {"seconds": 0}}, "invalid_duration"),
     ],
 )
 async def test_dispatch_bad_input(
@@ -688,3 +689,35 @@ async def test_action_descriptions(
         for text in texts:
             assert "{" not in text, text
             assert "}" not in text, text
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "key", "placeholders"),
+    [
+        (("XYZ", 5.0, 60.0), {}, "invalid_signal_type", {"value": "XYZ"}),
+        (
+            ("FCR", 5.0, 60.0),
+            {"strategy": "fast"},
+            "invalid_strategy",
+            {"value": "fast"},
+        ),
+        (("FCR", math.nan, 60.0), {}, "invalid_power", {"value": "nan"}),
+        (("FCR", 5.0, 90_000.0), {}, "invalid_duration", {"value": "90000"}),
+    ],
+)
+async def test_dispatch_errors_carry_the_refused_value(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    key: str,
+    placeholders: dict[str, str],
+) -> None:
+    """What the webhook and automations hand over is checked with translated errors."""
+    entry = await _fleet(hass)
+    responder = FleetResponder(hass, fleet_mqtt)
+    with pytest.raises(ServiceValidationError) as err:
+        await entry.runtime_data.async_dispatch(*args, **kwargs)
+    assert err.value.translation_key == key
+    assert placeholders.items() <= (err.value.translation_placeholders or {}).items()
+    assert responder.command_publishes() == []

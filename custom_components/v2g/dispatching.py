@@ -8,11 +8,12 @@ raises a translated ``HomeAssistantError`` (docs/actions.md#errors).
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
+import math
 
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.util import dt as dt_util, ulid as ulid_util
 
-from .const import DOMAIN
+from .const import DOMAIN, LOGGER
 from .engine import (
     DispatchRequest,
     FlexibilitySignal,
@@ -20,17 +21,27 @@ from .engine import (
     SignalType,
     Strategy,
 )
+from .engine.models import MAX_SIGNAL_DURATION_S
 
 # Unknown vehicle ids named in an error message.
 MAX_NAMED_VEHICLES = 10
 
 
 def invalid_value(err: InvalidValueError) -> ServiceValidationError:
-    """The translated error of a value the engine refused."""
+    """The translated error of a value the engine refused (the field is named)."""
+    LOGGER.debug("Refused %s: %s", err.field, err.reason)
     return ServiceValidationError(
         translation_domain=DOMAIN,
         translation_key="invalid_value",
-        translation_placeholders={"field": err.field, "reason": err.reason},
+        translation_placeholders={"field": err.field},
+    )
+
+
+def _error(key: str, **placeholders: str) -> ServiceValidationError:
+    return ServiceValidationError(
+        translation_domain=DOMAIN,
+        translation_key=key,
+        translation_placeholders=placeholders,
     )
 
 
@@ -76,15 +87,39 @@ def build_request(
             if isinstance(signal_type, SignalType)
             else SignalType.parse(signal_type)
         )
+    except InvalidValueError as err:
+        raise _error(
+            "invalid_signal_type",
+            value=str(signal_type),
+            allowed=", ".join(t.value for t in SignalType),
+        ) from err
+    try:
         chosen = (
             strategy
             if strategy is None or isinstance(strategy, Strategy)
             else Strategy.parse(strategy)
         )
+    except InvalidValueError as err:
+        raise _error(
+            "invalid_strategy",
+            value=str(strategy),
+            allowed=", ".join(s.value for s in Strategy),
+        ) from err
+    power = float(power_kw)
+    if not math.isfinite(power):
+        raise _error("invalid_power", value=str(power_kw))
+    duration = float(duration_s)
+    if not 0 < duration <= MAX_SIGNAL_DURATION_S:
+        raise _error(
+            "invalid_duration",
+            value=f"{duration:g}",
+            max_s=f"{MAX_SIGNAL_DURATION_S:g}",
+        )
+    try:
         signal = FlexibilitySignal(
             signal_type=kind,
-            power_kw=float(power_kw),
-            duration_s=float(duration_s),
+            power_kw=power,
+            duration_s=duration,
             start=dt_util.utcnow(),
         )
     except InvalidValueError as err:
