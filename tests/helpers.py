@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 import json
 import re
+import sys
 from typing import Any
+from unittest.mock import patch
 
 from homeassistant.config_entries import ConfigSubentryData
 from homeassistant.core import HomeAssistant
@@ -19,7 +21,13 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_mqtt_message,
     async_fire_time_changed,
 )
-from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+from pytest_homeassistant_custom_component.components.diagnostics import (
+    get_diagnostics_for_config_entry,
+)
+from pytest_homeassistant_custom_component.typing import (
+    ClientSessionGenerator,
+    MqttMockHAClient,
+)
 
 from custom_components.v2g.const import DOMAIN
 
@@ -101,6 +109,78 @@ async def async_announce(
     # Telemetry and discovery updates are coalesced by a short debouncer.
     async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
     await hass.async_block_till_done()
+
+
+async def async_settle(hass: HomeAssistant, seconds: float = 2) -> None:
+    """Run the coalescing debouncer (and anything due within ``seconds``)."""
+    await hass.async_block_till_done()
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=seconds))
+    await hass.async_block_till_done()
+
+
+async def async_dispatch(
+    hass: HomeAssistant, entry_id: str = ENTRY_ID, **data: Any
+) -> dict[str, Any]:
+    """Run the ``v2g.dispatch`` action on a fleet; return its response."""
+    response = await hass.services.async_call(
+        DOMAIN,
+        "dispatch",
+        {"config_entry_id": entry_id, **data},
+        blocking=True,
+        return_response=True,
+    )
+    assert isinstance(response, dict)
+    return response
+
+
+async def async_dispatch_log(
+    hass: HomeAssistant, entry_id: str = ENTRY_ID, **filters: Any
+) -> list[dict[str, Any]]:
+    """Return the entries of the ``v2g.get_dispatch_log`` action, oldest first."""
+    response = await hass.services.async_call(
+        DOMAIN,
+        "get_dispatch_log",
+        {"config_entry_id": entry_id, **filters},
+        blocking=True,
+        return_response=True,
+    )
+    assert isinstance(response, dict)
+    entries: list[dict[str, Any]] = response["entries"]
+    assert response["count"] == len(entries)
+    return entries
+
+
+async def async_diagnostics(
+    hass: HomeAssistant, hass_client: ClientSessionGenerator, entry: MockConfigEntry
+) -> dict[str, Any]:
+    """Return the diagnostics of a fleet entry, as the frontend downloads them."""
+    diagnostics: dict[str, Any] = await get_diagnostics_for_config_entry(
+        hass, hass_client, entry
+    )
+    return diagnostics
+
+
+@contextmanager
+def patch_tuning(name: str, value: Any) -> Iterator[None]:
+    """Set a tuning constant (chunk and batch sizes) of the integration.
+
+    It is patched in every loaded module of the integration that defines it, so
+    the test does not depend on which module holds it. Fails if none does.
+    """
+    modules = [
+        module
+        for module_name, module in list(sys.modules.items())
+        if (
+            module_name == "custom_components.v2g"
+            or module_name.startswith("custom_components.v2g.")
+        )
+        and hasattr(module, name)
+    ]
+    assert modules, f"no module of the integration defines {name}"
+    with ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(patch.object(module, name, value))
+        yield
 
 
 class FleetResponder:

@@ -2,7 +2,8 @@
 
 Writes are counted on the bus (``state_changed`` + ``state_reported``, like the
 benchmark): an entity written without a visible change shows up as
-``state_reported``.
+``state_reported``. Chunks are seen from outside: the writes (or the entities
+added) per event-loop iteration, with the integration's chunk sizes made small.
 """
 
 from __future__ import annotations
@@ -11,32 +12,39 @@ import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+import json
 import logging
 from typing import Any
-from unittest.mock import MagicMock, patch
+from unittest.mock import patch
 
 from homeassistant.components import mqtt
 from homeassistant.components.event import ATTR_EVENT_TYPE
-from homeassistant.config_entries import ConfigEntryState
+from homeassistant.config_entries import (
+    ConfigEntryState,
+    ConfigSubentry,
+    ConfigSubentryData,
+)
 from homeassistant.const import (
     EVENT_STATE_CHANGED,
     EVENT_STATE_REPORTED,
     STATE_UNAVAILABLE,
     STATE_UNKNOWN,
 )
-from homeassistant.core import Event, HomeAssistant, callback
+from homeassistant.core import Event, HomeAssistant, State, callback
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.helpers.entity import Entity
 from homeassistant.util import dt as dt_util
 import pytest
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import (
+    async_capture_events,
+    async_fire_mqtt_message,
+    async_fire_time_changed,
+)
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
 from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
-from custom_components.v2g.coordinator import V2GFleetCoordinator
-from custom_components.v2g.entity import _VehicleEntityAdder
 
 from .helpers import (
     ENTRY_ID,
@@ -44,6 +52,8 @@ from .helpers import (
     async_announce,
     async_setup_fleet,
     loop_iterations,
+    patch_tuning,
+    vehicle_payload,
 )
 
 FAST = {CONF_ACK_TIMEOUT: 0.05}
@@ -55,6 +65,11 @@ CHANGED_BY_DISPATCH = {"setpoint", "ack_rate", "dispatch_outcome"}
 # Enabled by default: 5 sensors (last ack latency is disabled), plugged in, outcome.
 VEHICLE_ENTITIES = 7
 FLEET_ENTITIES = 15  # 14 sensors, the ack-rate problem binary sensor
+
+
+@callback
+def _never(event: Event[Any]) -> None:
+    """Never called: the event filters count and return False."""
 
 
 class WriteCounter:
@@ -76,19 +91,15 @@ class WriteCounter:
             self.reported[data["entity_id"]] += 1
             return False
 
-        @callback
-        def _never(event: Event[Any]) -> None:
-            """Never called: the filters return False."""
-
-        self._unsubs = [
+        self.listeners = [
             hass.bus.async_listen(EVENT_STATE_CHANGED, _never, event_filter=_changed),
             hass.bus.async_listen(EVENT_STATE_REPORTED, _never, event_filter=_reported),
         ]
 
     def close(self) -> None:
         """Detach from the bus."""
-        while self._unsubs:
-            self._unsubs.pop()()
+        while self.listeners:
+            self.listeners.pop()()
 
     @property
     def writes(self) -> int:
@@ -100,9 +111,7 @@ class WriteCounter:
         registry = er.async_get(self.hass)
         result: dict[str, Counter[str]] = defaultdict(Counter)
         for entity_id, count in (self.changed + self.reported).items():
-            entry = registry.async_get(entity_id)
-            assert entry is not None
-            _, owner, key = entry.unique_id.split("_", 2)
+            owner, key = _owner(registry, entity_id)
             result[owner][key] += count
         return dict(result)
 
@@ -143,11 +152,49 @@ async def _dispatch(
     return response
 
 
-def _coordinator(hass: HomeAssistant) -> V2GFleetCoordinator:
-    entry = hass.config_entries.async_get_entry(ENTRY_ID)
+def _owner(registry: er.EntityRegistry, entity_id: str) -> tuple[str, str]:
+    """(vehicle id | "fleet", entity key) of one of the fleet's entities."""
+    entry = registry.async_get(entity_id)
     assert entry is not None
-    coordinator: V2GFleetCoordinator = entry.runtime_data
-    return coordinator
+    _, owner, key = entry.unique_id.split("_", 2)
+    return owner, key
+
+
+def _shown(hass: HomeAssistant) -> dict[str, tuple[str, dict[str, Any]]]:
+    """What the fleet's entities show (state, attributes), by entity id."""
+    registry = er.async_get(hass)
+    return {
+        entry.entity_id: (state.state, dict(state.attributes))
+        for entry in er.async_entries_for_config_entry(registry, ENTRY_ID)
+        if (state := hass.states.get(entry.entity_id)) is not None
+    }
+
+
+@contextmanager
+def vehicles_written_per_iteration(
+    hass: HomeAssistant,
+) -> Iterator[dict[int, list[str]]]:
+    """The vehicles whose entities are written, per event-loop iteration."""
+    registry = er.async_get(hass)
+    seen: dict[int, list[str]] = defaultdict(list)
+    with loop_iterations(hass) as iteration:
+
+        @callback
+        def _written(data: Any) -> bool:
+            owner, _ = _owner(registry, data["entity_id"])
+            if owner != "fleet" and owner not in (chunk := seen[iteration()]):
+                chunk.append(owner)
+            return False
+
+        unsubs = [
+            hass.bus.async_listen(event_type, _never, event_filter=_written)
+            for event_type in (EVENT_STATE_CHANGED, EVENT_STATE_REPORTED)
+        ]
+        try:
+            yield seen
+        finally:
+            for unsub in unsubs:
+                unsub()
 
 
 async def test_dispatch_writes_only_what_changed(
@@ -196,38 +243,21 @@ async def test_dispatch_writes_only_what_changed(
     assert event.attributes["dispatch_id"] == response["dispatch_id"]
 
 
-@contextmanager
-def calls_per_iteration(
-    hass: HomeAssistant, coordinator: V2GFleetCoordinator, method: str
-) -> Iterator[dict[int, list[str]]]:
-    """The vehicle ids a coordinator method is called with, per loop iteration."""
-    seen: dict[int, list[str]] = defaultdict(list)
-    original = getattr(coordinator, method)
-    with loop_iterations(hass) as iteration:
-
-        def spy(vehicle_id: str, *args: Any) -> Any:
-            seen[iteration()].append(vehicle_id)
-            return original(vehicle_id, *args)
-
-        with patch.object(coordinator, method, spy):
-            yield seen
-
-
 async def test_vehicle_updates_are_chunked(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
-    coordinator = _coordinator(hass)
     with (
-        patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 8),
-        calls_per_iteration(hass, coordinator, "_update_vehicle") as seen,
+        patch_tuning("VEHICLE_UPDATE_CHUNK", 8),
+        vehicles_written_per_iteration(hass) as seen,
     ):
         await _dispatch(hass, DISPATCHED, 50)
         assert not seen  # nothing before the response
         await hass.async_block_till_done()
 
     chunks = list(seen.values())
+    # Each vehicle's entities are written together, once.
     assert sorted(v for chunk in chunks for v in chunk) == DISPATCHED
     assert len(chunks) == 7  # 50 vehicles, 8 per loop iteration
     assert max(len(chunk) for chunk in chunks) == 8
@@ -236,28 +266,47 @@ async def test_vehicle_updates_are_chunked(
 async def test_fleet_snapshot_is_built_in_steps(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
-    """The snapshot after a dispatch walks the vehicles a chunk per iteration."""
+    """A snapshot walks the vehicles a chunk per iteration; the result is whole."""
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
-    coordinator = _coordinator(hass)
-    with (
-        patch("custom_components.v2g.engine.steps.STEP_SIZE", 7),
-        calls_per_iteration(hass, coordinator, "_vehicle_values_of") as seen,
-    ):
-        await _dispatch(hass, DISPATCHED, 50)
 
-    chunks = list(seen.values())
-    assert sorted(v for chunk in chunks for v in chunk) == VEHICLES
-    assert len(chunks) == 9  # 60 vehicles, 7 per loop iteration
-    assert max(len(chunk) for chunk in chunks) == 7
-    # What a snapshot built at once shows (energy aside: the clock runs).
-    at_once = coordinator._build_snapshot()
-    assert replace(coordinator.data, vehicles={}) == replace(at_once, vehicles={})
-    assert {
-        vid: (v.setpoint_kw, v.ack_rate) for vid, v in coordinator.data.vehicles.items()
-    } == {vid: (v.setpoint_kw, v.ack_rate) for vid, v in at_once.vehicles.items()}
-    assert coordinator.data.vehicles["car001"].setpoint_kw == 1.0
-    assert coordinator.data.vehicles["car051"].setpoint_kw == 0.0
+    async def iterations_of_a_snapshot(soc: float) -> int:
+        """Loop iterations from a telemetry snapshot's start to its last write."""
+        async_fire_mqtt_message(
+            hass, "v2g/vehicle/state/car060", json.dumps({"soc": soc})
+        )
+        await hass.async_block_till_done()
+        with loop_iterations(hass) as iteration:
+            async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+            await hass.async_block_till_done()
+            assert hass.states.get("sensor.car060_state_of_charge").state == (
+                f"{soc * 100:.1f}"
+            )
+            return iteration()
+
+    at_once = await iterations_of_a_snapshot(0.5)
+    with patch_tuning("STEP_SIZE", 7):
+        stepped = await iterations_of_a_snapshot(0.6)
+    # 60 vehicles, then the flexibility up and down of the 60: 3 walks of
+    # 9 chunks of 7, one loop iteration each (at once: 3 walks of one chunk).
+    assert stepped >= 27
+    assert stepped - at_once >= 20
+
+    with patch_tuning("STEP_SIZE", 7):
+        await _dispatch(hass, DISPATCHED, 50)
+        await hass.async_block_till_done()
+    assert hass.states.get("sensor.car001_setpoint").state == "1.0"
+    assert hass.states.get("sensor.car051_setpoint").state == "0.0"
+    assert hass.states.get("sensor.depot_vehicles_available").state == "60"
+    shown = _shown(hass)
+    # A snapshot built at once (housekeeping, default steps) shows the same
+    # (energy aside: the clock runs).
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=31))
+    await hass.async_block_till_done(wait_background_tasks=True)
+    now_shown = _shown(hass)
+    for entity_id, (state, attributes) in shown.items():
+        if not entity_id.endswith(("_energy_discharged", "_co2_avoided")):
+            assert now_shown[entity_id] == (state, attributes), entity_id
 
 
 async def test_an_older_snapshot_never_replaces_a_newer_one(
@@ -265,16 +314,21 @@ async def test_an_older_snapshot_never_replaces_a_newer_one(
 ) -> None:
     """Two stepped builds overlap: the one begun first may finish last."""
     await _fleet(hass)
-    coordinator = _coordinator(hass)
-    with patch("custom_components.v2g.engine.steps.STEP_SIZE", 7):
-        older = hass.async_create_task(coordinator.async_refresh_now())
-        await asyncio.sleep(0)  # it has listed the 60 vehicles
-        for vehicle_id in VEHICLES[10:]:
-            coordinator.fleet.remove(vehicle_id)
-        await coordinator.async_refresh_now()  # 10 vehicles: done first
-        assert len(coordinator.data.vehicles) == 10
-        await older
-    assert len(coordinator.data.vehicles) == 10
+    soc_writes = async_capture_events(hass, EVENT_STATE_CHANGED)
+    with patch_tuning("STEP_SIZE", 1):
+        # Housekeeping begins a snapshot, one vehicle per loop iteration...
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=31))
+        for _ in range(3):
+            await asyncio.sleep(0)  # ...and has read car001 (SoC 80 %)
+    # car001 reports a new SoC: its snapshot (one chunk) is done first.
+    async_fire_mqtt_message(hass, "v2g/vehicle/state/car001", json.dumps({"soc": 0.5}))
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+    await hass.async_block_till_done(wait_background_tasks=True)
+    assert [
+        event.data["new_state"].state
+        for event in soc_writes
+        if event.data["entity_id"] == "sensor.car001_state_of_charge"
+    ] == ["50.0"]
 
 
 async def test_back_to_back_dispatches_fire_every_event(
@@ -283,22 +337,27 @@ async def test_back_to_back_dispatches_fire_every_event(
     """A dispatch finishing while the last one's entities are still being written."""
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
-    coordinator = _coordinator(hass)
     with (
-        patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 1),
+        patch_tuning("VEHICLE_UPDATE_CHUNK", 1),
         count_writes(hass) as counter,
     ):
         await _dispatch(hass, DISPATCHED, 50)
         response = await _dispatch(hass, DISPATCHED, 50)
-        # The first walk is not over: the second one's events join it.
-        assert coordinator._vehicle_task is not None
+        # The first walk is not over (car050 is last): the second one's events
+        # join it.
+        assert "car050" not in counter.by_owner()
         await hass.async_block_till_done()
     writes = counter.by_owner()
     for vehicle_id in DISPATCHED:
         assert writes[vehicle_id]["dispatch_outcome"] == 2
+        assert writes[vehicle_id]["setpoint"] == 1
     event = hass.states.get("event.car050_dispatch_outcome")
     assert event.attributes["dispatch_id"] == response["dispatch_id"]
-    assert not coordinator._pending_outcomes
+    # Nothing is left over for later.
+    with count_writes(hass) as counter:
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+        await hass.async_block_till_done()
+    assert counter.writes == 0
 
 
 async def test_housekeeping_writes_only_displayed_changes(
@@ -306,8 +365,8 @@ async def test_housekeeping_writes_only_displayed_changes(
     fleet_mqtt: MqttMockHAClient,
     entity_registry: er.EntityRegistry,
 ) -> None:
-    # Wall time is stepped by hand and housekeeping run directly: a frozen clock
-    # (freezer) also freezes the loop's timers, which could stall the dispatch.
+    # Wall time is stepped by hand: a frozen clock (freezer) also freezes the
+    # loop's timers, which could stall the dispatch.
     wall = [dt_util.utcnow()]
     with patch.object(dt_util, "utcnow", side_effect=lambda: wall[0]):
         await _check_housekeeping_writes(hass, fleet_mqtt, entity_registry, wall)
@@ -321,13 +380,14 @@ async def _check_housekeeping_writes(
 ) -> None:
     await _fleet(hass, VEHICLES[:3])
     FleetResponder(hass, fleet_mqtt)
-    coordinator = hass.config_entries.async_get_entry(ENTRY_ID).runtime_data
 
     async def housekeeping(seconds: float = 30) -> WriteCounter:
+        """Step the wall clock; let housekeeping's timer fire."""
         with count_writes(hass) as counter:
             wall[0] += timedelta(seconds=seconds)
-            await coordinator._async_housekeeping()
-            await hass.async_block_till_done()
+            # The loop's timers follow the real clock.
+            async_fire_time_changed(hass, datetime.now(UTC) + timedelta(seconds=31))
+            await hass.async_block_till_done(wait_background_tasks=True)
         return counter
 
     # Nothing changes with time: nothing is written.
@@ -379,40 +439,55 @@ async def test_connection_loss_writes_every_entity_once(
         assert hass.states.get("event.car005_dispatch_outcome").state == expected
 
 
+@contextmanager
+def entities_added_per_iteration(
+    hass: HomeAssistant,
+) -> Iterator[dict[int, Counter[str]]]:
+    """Vehicles whose entities are registered, per loop iteration and platform."""
+    added: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    registry = er.async_get(hass)
+
+    @callback
+    def _created(data: Any) -> bool:
+        if data["action"] == "create":
+            entity_id: str = data["entity_id"]
+            owner, _ = _owner(registry, entity_id)
+            added[iteration()][entity_id.split(".")[0]].add(owner)
+        return False
+
+    result: dict[int, Counter[str]] = {}
+    with loop_iterations(hass) as iteration:
+        unsub = hass.bus.async_listen(
+            er.EVENT_ENTITY_REGISTRY_UPDATED, _never, event_filter=_created
+        )
+        try:
+            yield result
+        finally:
+            unsub()
+    result.update(
+        {
+            i: Counter({platform: len(v) for platform, v in platforms.items()})
+            for i, platforms in added.items()
+        }
+    )
+
+
 async def test_discovery_adds_in_batches_without_rewrites(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
     await _fleet(hass, VEHICLES[:10])
-    batches: dict[int, list[int]] = defaultdict(list)
-    original = _VehicleEntityAdder._add_batch
-
     with (
-        loop_iterations(hass) as iteration,
-        patch("custom_components.v2g.entity.ADD_BATCH_VEHICLES", 20),
+        patch_tuning("ADD_BATCH_VEHICLES", 20),
+        entities_added_per_iteration(hass) as batches,
         count_writes(hass) as counter,
     ):
-
-        def spy(adder: _VehicleEntityAdder) -> None:
-            batches[iteration()].append(len(adder.queue))
-            original(adder)
-
-        with patch.object(_VehicleEntityAdder, "_add_batch", spy):
-            await async_announce(hass, *[(v, {}) for v in VEHICLES[10:]])
+        await async_announce(hass, *[(v, {}) for v in VEHICLES[10:]])
 
     # 50 new vehicles, 20 at a time, per platform (sensor, binary sensor, event);
     # one batch of each platform per loop iteration at most.
-    assert sorted(n for queued in batches.values() for n in queued) == [
-        10,
-        10,
-        10,
-        30,
-        30,
-        30,
-        50,
-        50,
-        50,
-    ]
-    assert max(len(queued) for queued in batches.values()) <= 3
+    for platform in ("sensor", "binary_sensor", "event"):
+        sizes = [b[platform] for _, b in sorted(batches.items()) if b[platform]]
+        assert sizes == [20, 20, 10], platform
     assert len(batches) >= 3
     # The vehicles known before got no write; each new entity one (its first).
     writes = counter.by_owner()
@@ -422,69 +497,120 @@ async def test_discovery_adds_in_batches_without_rewrites(
     assert hass.states.get("event.car060_dispatch_outcome") is not None
 
 
+def _van(vehicle_id: str) -> ConfigSubentry:
+    """A vehicle added by hand."""
+    return ConfigSubentry(
+        **ConfigSubentryData(
+            data={"vehicle_id": vehicle_id},
+            subentry_type="vehicle",
+            title=vehicle_id,
+            unique_id=vehicle_id,
+        )
+    )
+
+
+async def _until(hass: HomeAssistant, entity_id: str) -> None:
+    """Let the loop run until an entity has a state (a few iterations)."""
+    for _ in range(100):
+        if hass.states.get(entity_id) is not None:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{entity_id} never appeared")
+
+
 async def test_adder_skips_removed_vehicles_and_stops_on_unload(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    entity_registry: er.EntityRegistry,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await _fleet(hass, VEHICLES[:4])
-    entry = hass.config_entries.async_get_entry(ENTRY_ID)
-    assert isinstance(entry, MockConfigEntry)
-    coordinator = _coordinator(hass)
-    add = MagicMock()
+    entry = await async_setup_fleet(hass, options=FAST)
 
-    with patch("custom_components.v2g.entity.ADD_BATCH_VEHICLES", 1):
-        adder = _VehicleEntityAdder(entry, add, lambda vehicle_id: [vehicle_id])
-        adder.async_add_new()
-        assert add.call_count == 1  # the first batch right away
-        # car002 leaves before its batch: skipped, and new again if it returns.
-        full = coordinator.data
-        coordinator.data = replace(
-            full, vehicles={k: v for k, v in full.vehicles.items() if k != "car002"}
-        )
+    def registered() -> set[str]:
+        return {
+            e.entity_id
+            for e in er.async_entries_for_config_entry(entity_registry, ENTRY_ID)
+        }
+
+    with patch_tuning("ADD_BATCH_VEHICLES", 1):
+        # 30 vehicles announce themselves and a van is added by hand: its
+        # entities are queued last, one vehicle per loop iteration.
+        for vehicle_id in VEHICLES[:30]:
+            async_fire_mqtt_message(
+                hass, f"v2g/fleet/response/{vehicle_id}", vehicle_payload(vehicle_id)
+            )
+        van = _van("van")
+        hass.config_entries.async_add_subentry(entry, van)
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+        await _until(hass, "sensor.car001_setpoint")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the snapshot's debouncer call ends
+        # The van leaves before its turn; the next snapshot knows it.
+        hass.config_entries.async_remove_subentry(entry, van.subentry_id)
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
         await hass.async_block_till_done()
-        assert [c.args[0] for c in add.call_args_list] == [
-            ["car001"],
-            ["car003"],
-            ["car004"],
-        ]
-        assert "car002" not in adder.known
-        coordinator.data = full
-        adder.async_add_new()
-        assert add.call_args.args[0] == ["car002"]
+    assert hass.states.get("sensor.car030_setpoint") is not None
+    assert hass.states.get("sensor.van_setpoint") is None
+    assert not [e for e in registered() if e.split(".")[1].startswith("van_")]
+    # It is new again when it returns.
+    hass.config_entries.async_add_subentry(entry, _van("van"))
+    await async_announce(hass)
+    assert hass.states.get("sensor.van_setpoint") is not None
 
-        # Unloading stops the batches.
-        add.reset_mock()
-        coordinator.data = replace(
-            full, vehicles={**full.vehicles, "car009": full.vehicles["car001"]}
-        )
-        adder.known.clear()
-        adder.async_add_new()
-        assert add.call_count == 1
-        adder.async_cancel()
+    # Unloading stops the batches.
+    with patch_tuning("ADD_BATCH_VEHICLES", 1):
+        for vehicle_id in VEHICLES[30:]:
+            async_fire_mqtt_message(
+                hass, f"v2g/fleet/response/{vehicle_id}", vehicle_payload(vehicle_id)
+            )
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=2))
+        await _until(hass, "sensor.car031_setpoint")
+        assert await hass.config_entries.async_unload(ENTRY_ID)
+        left = registered()
+        assert entry.state is ConfigEntryState.NOT_LOADED
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=60))
         await hass.async_block_till_done()
-        assert add.call_count == 1
-        assert not adder.queue
-        coordinator.data = full
-
-    assert await hass.config_entries.async_unload(ENTRY_ID)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.NOT_LOADED
+    assert registered() == left
+    assert "sensor.car060_setpoint" not in left  # its turn never came
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_unload_cancels_pending_vehicle_updates(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await _fleet(hass)
     FleetResponder(hass, fleet_mqtt)
-    coordinator = _coordinator(hass)
-    with patch("custom_components.v2g.coordinator.VEHICLE_UPDATE_CHUNK", 1):
-        await _dispatch(hass, DISPATCHED, 50)
-        assert coordinator._vehicle_task is not None
+    with patch_tuning("VEHICLE_UPDATE_CHUNK", 1):
+        response = await _dispatch(hass, DISPATCHED, 50)
+        # The response comes first: car050's entities are not written yet.
+        assert hass.states.get("sensor.car050_setpoint").state == "0.0"
         assert await hass.config_entries.async_unload(ENTRY_ID)
+        after_unload: list[State] = []
+
+        @callback
+        def _written(data: Any) -> bool:
+            after_unload.append(data["new_state"])
+            return False
+
+        unsub = hass.bus.async_listen(
+            EVENT_STATE_CHANGED, _never, event_filter=_written
+        )
         await hass.async_block_till_done()
-    assert coordinator._vehicle_task is None
-    assert not coordinator._pending_vehicles
-    assert not coordinator._pending_outcomes
-    assert coordinator._vehicle_listeners == {}
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=60))
+        await hass.async_block_till_done()
+        unsub()
+    # Nothing of the fleet is written after the unload: the walk stopped.
+    assert not [
+        state.entity_id
+        for state in after_unload
+        if state is not None and state.entity_id.startswith(("sensor.", "event."))
+    ]
+    outcome = hass.states.get("event.car050_dispatch_outcome")
+    assert outcome.state == STATE_UNAVAILABLE
+    assert outcome.attributes.get("dispatch_id") != response["dispatch_id"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_failing_vehicle_listener_does_not_stop_the_others(
@@ -494,20 +620,29 @@ async def test_failing_vehicle_listener_does_not_stop_the_others(
 ) -> None:
     await _fleet(hass, VEHICLES[:3])
     FleetResponder(hass, fleet_mqtt)
-    coordinator = _coordinator(hass)
+    write = Entity.async_write_ha_state
 
-    def broken() -> None:
-        raise RuntimeError("boom")
+    def broken_setpoint(entity: Entity) -> None:
+        """One entity of car001 fails to write its state."""
+        if entity.entity_id == "sensor.car001_setpoint":
+            raise RuntimeError("boom")
+        write(entity)
 
-    remove = coordinator.async_add_vehicle_listener("car001", broken)
-    with caplog.at_level(logging.ERROR):
+    with (
+        caplog.at_level(logging.ERROR),
+        patch.object(Entity, "async_write_ha_state", broken_setpoint),
+    ):
         await _dispatch(hass, VEHICLES[:3], 3)
         await hass.async_block_till_done()
     assert "Error updating the entities of vehicle car001" in caplog.text
+    assert hass.states.get("sensor.car001_setpoint").state == "0.0"
     assert hass.states.get("sensor.car002_setpoint").state == "1.0"
-    remove()
-    remove()  # twice is harmless
-    assert coordinator._vehicle_listeners["car001"]  # the entities' own remain
+    assert hass.states.get("sensor.car003_setpoint").state == "1.0"
+    # car001's entities still follow it.
+    await _dispatch(hass, VEHICLES[:3], 6)
+    await hass.async_block_till_done()
+    assert hass.states.get("sensor.car001_setpoint").state == "2.0"
+    assert hass.states.get("sensor.car002_setpoint").state == "2.0"
 
 
 async def test_new_telemetry_writes_only_changed_entities(

@@ -1,8 +1,11 @@
-"""The history prediction engine: availability learnt from the recorder."""
+"""The history prediction engine: availability learnt from the recorder.
+
+What was learnt is observed where a user sees it: the vehicles' availability
+forecast sensors (the current hour), the scores of a dispatch, and the log.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 import logging
@@ -34,20 +37,20 @@ from custom_components.v2g.const import (
     CONF_PREDICTION,
     CONF_PREDICTION_LOOKBACK_DAYS,
     CONF_PREDICTION_PROFILE,
+    CONF_STALE_TIMEOUT,
     CONF_VEHICLE_ID,
     DOMAIN,
     SUBENTRY_TYPE_VEHICLE,
 )
-from custom_components.v2g.engine import FleetState, StaticProfile, Vehicle
+from custom_components.v2g.engine import FleetState, Vehicle
 from custom_components.v2g.history import (
-    REFRESH_NAME,
     HistoryPrediction,
     async_refresh_history_prediction,
     learn_profiles,
     plugged_intervals,
 )
 
-from .helpers import ENTRY_ID, async_announce, async_setup_fleet
+from .helpers import ENTRY_ID, async_announce, async_dispatch, async_setup_fleet
 
 HIGH = 2.5 / 3  # plugged in both observed hours of a bucket: (2 + 0.5) / (2 + 1)
 LOW = 0.5 / 3  # plugged in neither
@@ -64,6 +67,10 @@ CAR = ConfigSubentryData(
     title="car",
     unique_id="car",
 )
+# The recorder's read of the states (patched to fail, or to count the reads).
+GET_SIGNIFICANT_STATES = (
+    "homeassistant.components.recorder.history.get_significant_states"
+)
 
 
 @pytest.fixture
@@ -73,35 +80,43 @@ def mock_recorder_before_hass(
     """Prepare the recorder before ``hass`` (only ``recorder_mock`` starts it)."""
 
 
-def _local(hass: HomeAssistant, *args: int) -> datetime:
+def _local(*args: int) -> datetime:
     """A wall-clock time in Home Assistant's time zone (US/Pacific in tests)."""
     return datetime(*args, tzinfo=dt_util.get_default_time_zone())
 
 
-async def _refreshed(hass: HomeAssistant, entry: MockConfigEntry) -> None:
-    """Wait for the background refreshes (not for every background task)."""
-    tasks = [t for t in entry._background_tasks if t.get_name() == REFRESH_NAME]
-    if tasks:
-        await asyncio.wait(tasks)
-    await hass.async_block_till_done()
+async def _refreshed(hass: HomeAssistant) -> None:
+    """Wait for the background work (the refreshes run as background tasks)."""
+    await hass.async_block_till_done(wait_background_tasks=True)
 
 
-def _prediction(entry: MockConfigEntry) -> HistoryPrediction:
-    prediction = entry.runtime_data.prediction
-    assert isinstance(prediction, HistoryPrediction)
-    return prediction
+def _forecast(hass: HomeAssistant, vehicle_id: str) -> float:
+    """The availability forecast sensor of a vehicle, as a fraction."""
+    state = hass.states.get(f"sensor.{vehicle_id}_availability_forecast")
+    assert state is not None
+    return float(state.state) / 100
+
+
+def _learnt(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The "learnt N of M vehicles" parts of the refresh log lines."""
+    return [
+        r.getMessage().split(" of Depot")[0].removeprefix("Learnt the availability of ")
+        for r in caplog.records
+        if r.getMessage().startswith("Learnt the availability")
+    ]
 
 
 async def _record_history(
     hass: HomeAssistant,
     freezer: FrozenDateTimeFactory,
     first: datetime,
-    days: int,
+    last: datetime,
     patterns: dict[str, Callable[[datetime], bool]],
 ) -> None:
-    """Write one state per entity and hour for ``days`` days from ``first``."""
+    """Write one state per entity and hour from ``first`` to ``last``."""
     previous: dict[str, str] = {}
-    for hour in range(days * 24):
+    hours = int((last - first).total_seconds() // 3600)
+    for hour in range(hours):
         when = first + timedelta(hours=hour)
         freezer.move_to(when)
         for entity_id, plugged in patterns.items():
@@ -129,25 +144,33 @@ def _days(when: datetime) -> bool:
     return 8 <= local.hour < 17
 
 
+def _fridays(when: datetime) -> bool:
+    return dt_util.as_local(when).weekday() == 4
+
+
 async def test_learns_from_recorded_plugged_in_history(
     recorder_mock: Recorder,
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
     freezer: FrozenDateTimeFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The vehicles' "plugged in" entities exist (registry) and have two weeks of
     # history before this start of Home Assistant. The 14-day window is
-    # Monday 2025-06-02 00:00 -> Monday 2025-06-16 00:00 local.
+    # Friday 2025-05-30 16:00 -> Friday 2025-06-13 16:00 local: every hour of
+    # the week is observed twice.
+    caplog.set_level(logging.DEBUG, logger="custom_components.v2g")
     entry = MockConfigEntry(
         domain=DOMAIN,
         title="Depot",
         entry_id=ENTRY_ID,
-        options=OPTIONS,
+        # The clock jumps hours ahead below: the vehicles must not turn stale.
+        options={**OPTIONS, CONF_STALE_TIMEOUT: 86400},
         subentries_data=[CAR],
     )
     entry.add_to_hass(hass)
     registry = er.async_get(hass)
-    for vehicle_id in ("v1", "v2", "car"):
+    for vehicle_id in ("v1", "v2", "v3", "car"):
         registry.async_get_or_create(
             "binary_sensor",
             DOMAIN,
@@ -158,12 +181,13 @@ async def test_learns_from_recorded_plugged_in_history(
     patterns: dict[str, Callable[[datetime], bool]] = {
         "binary_sensor.v1_plugged_in": _nights,
         "binary_sensor.v2_plugged_in": _days,
+        "binary_sensor.v3_plugged_in": _fridays,
         "binary_sensor.car_plug": lambda _: True,
         # The car's own entity is not its source: its configured one is.
         "binary_sensor.car_plugged_in": lambda _: False,
     }
-    await _record_history(hass, freezer, _local(hass, 2025, 5, 31, 12), 16, patterns)
-    now = _local(hass, 2025, 6, 16, 0)
+    now = _local(2025, 6, 13, 16)
+    await _record_history(hass, freezer, _local(2025, 5, 30, 12), now, patterns)
     freezer.move_to(now)
     for entity_id in patterns:
         if entity_id != "binary_sensor.car_plug":
@@ -171,58 +195,47 @@ async def test_learns_from_recorded_plugged_in_history(
     await async_wait_recording_done(hass)
 
     await async_setup_fleet(hass, entry=entry)
-    await async_announce(hass, ("v1", {}), ("v2", {}))
-    await _refreshed(hass, entry)
+    await async_announce(hass, ("v1", {}), ("v2", {}), ("v3", {}))
+    await _refreshed(hass)
     assert hass.states.get("binary_sensor.v1_plugged_in").state == "on"
-    # The setup's refresh ran before v1 and v2 announced themselves.
-    assert set(_prediction(entry).profile.profiles) == {"car"}
+    # The setup's refresh ran before v1, v2 and v3 announced themselves: they
+    # use the static profile (40 %) until the next one.
+    assert _learnt(caplog) == ["1 of 1 vehicles"]
+    assert _forecast(hass, "car") == pytest.approx(HIGH, abs=1e-4)
+    for vehicle_id in ("v1", "v2", "v3"):
+        assert _forecast(hass, vehicle_id) == pytest.approx(0.4)
 
     assert await async_refresh_history_prediction(hass, entry)
-    await _refreshed(hass, entry)
+    await _refreshed(hass)
+    assert _learnt(caplog) == ["1 of 1 vehicles", "4 of 4 vehicles"]
+    # Friday 16:00: v1 plugged in at night only, v2 in the day, v3 on Fridays.
+    assert _forecast(hass, "v1") == pytest.approx(LOW, abs=1e-4)
+    assert _forecast(hass, "v2") == pytest.approx(HIGH, abs=1e-4)
+    assert _forecast(hass, "v3") == pytest.approx(HIGH, abs=1e-4)
+    assert _forecast(hass, "car") == pytest.approx(HIGH, abs=1e-4)
 
-    prediction = _prediction(entry)
-    assert prediction.learned_at == now
-    assert prediction.profile is not None
-    assert set(prediction.profile.profiles) == {"v1", "v2", "car"}
-
-    def at(vehicle_id: str, *when: int) -> float:
-        return prediction.availability(vehicle_id, _local(hass, *when))
-
-    # Monday 2025-06-23 is a Monday, like every 7 days from 2025-06-02.
-    assert at("v1", 2025, 6, 23, 20) == pytest.approx(HIGH)  # Monday night
-    assert at("v1", 2025, 6, 23, 3) == pytest.approx(HIGH)  # Sunday night
-    assert at("v1", 2025, 6, 23, 12) == pytest.approx(LOW)  # Monday noon
-    assert at("v1", 2025, 6, 28, 20) == pytest.approx(LOW)  # Saturday night
-    assert at("v1", 2025, 6, 29, 3) == pytest.approx(LOW)  # early Sunday
-    assert at("v2", 2025, 6, 23, 12) == pytest.approx(HIGH)
-    assert at("v2", 2025, 6, 23, 20) == pytest.approx(LOW)
-    assert at("car", 2025, 6, 25, 12) == pytest.approx(HIGH)
-    # Unknown vehicles use the static profile.
-    assert at("nobody", 2025, 6, 23, 12) == pytest.approx(0.4)
-
-    # The availability forecast sensors show the learnt value of the current hour
-    # (Monday 00:00 local: v1 on Sunday nights, v2 not).
-    v1 = float(hass.states.get("sensor.v1_availability_forecast").state)
-    v2 = float(hass.states.get("sensor.v2_availability_forecast").state)
-    assert v1 == pytest.approx(HIGH * 100, abs=0.01)
-    assert v2 == pytest.approx(LOW * 100, abs=0.01)
+    # Friday night (before the next refresh, 6 hours after setup): the sensors
+    # follow the hour of the week.
+    freezer.move_to(_local(2025, 6, 13, 20, 30))
+    async_fire_time_changed(hass)
+    await _refreshed(hass)
+    assert _learnt(caplog) == ["1 of 1 vehicles", "4 of 4 vehicles"]
+    assert _forecast(hass, "v1") == pytest.approx(HIGH, abs=1e-4)
+    assert _forecast(hass, "v2") == pytest.approx(LOW, abs=1e-4)
+    assert _forecast(hass, "v3") == pytest.approx(HIGH, abs=1e-4)
+    # A vehicle without history uses the static profile.
+    await async_announce(hass, ("nobody", {}))
+    assert _forecast(hass, "nobody") == pytest.approx(0.4)
 
     # A dispatch uses them: same vehicles, the likelier one scores higher.
-    response = await hass.services.async_call(
-        DOMAIN,
-        "dispatch",
-        {
-            "config_entry_id": ENTRY_ID,
-            "signal_type": "aFRR",
-            "power_kw": 4,
-            "vehicles": ["v1", "v2"],
-            "strategy": "smart",
-            "dry_run": True,
-        },
-        blocking=True,
-        return_response=True,
+    response = await async_dispatch(
+        hass,
+        signal_type="aFRR",
+        power_kw=4,
+        vehicles=["v1", "v2"],
+        strategy="smart",
+        dry_run=True,
     )
-    assert response is not None
     scores = {vid: item["score"] for vid, item in response["vehicles"].items()}
     assert scores["v1"] > scores["v2"]
     assert (
@@ -235,57 +248,74 @@ async def test_refreshed_every_six_hours_until_unload(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
     freezer: FrozenDateTimeFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    start = _local(hass, 2025, 6, 2, 0)
+    caplog.set_level(logging.DEBUG, logger="custom_components.v2g")
+    start = _local(2025, 6, 2, 0)
     freezer.move_to(start)
-    entry = await async_setup_fleet(hass, options=OPTIONS, subentries=[CAR])
     hass.states.async_set("binary_sensor.car_plug", "on")
     await async_wait_recording_done(hass)
-    # The first refresh runs in the background after setup.
-    await _refreshed(hass, entry)
-    assert _prediction(entry).learned_at == start
-    assert _prediction(entry).profile is not None
-    assert _prediction(entry).profile.profiles == {}
+    entry = await async_setup_fleet(
+        hass, options={**OPTIONS, CONF_STALE_TIMEOUT: 86400}, subentries=[CAR]
+    )
+    # The first refresh runs in the background after setup: no history yet.
+    await _refreshed(hass)
+    assert _learnt(caplog) == ["0 of 1 vehicles"]
+    assert _forecast(hass, "car") == pytest.approx(0.4)
 
-    later = start + timedelta(hours=6, seconds=1)
+    # Six and a half hours plugged in, all of them observed. The current hour
+    # (06:00-07:00) is half observed: (0.5 + 0.5) / (0.5 + 1).
+    later = start + timedelta(hours=6, minutes=30)
     freezer.move_to(later)
     async_fire_time_changed(hass, later)
-    await _refreshed(hass, entry)
-    await async_wait_recording_done(hass)
-    await _refreshed(hass, entry)
-    assert _prediction(entry).learned_at == later
-    # Six hours plugged in, all of them observed: close to 1.
-    assert _prediction(entry).availability("car", start + timedelta(hours=3)) > 0.5
+    await _refreshed(hass)
+    assert _learnt(caplog) == ["0 of 1 vehicles", "1 of 1 vehicles"]
+    assert _forecast(hass, "car") == pytest.approx(2 / 3, abs=1e-4)
 
     assert await hass.config_entries.async_unload(entry.entry_id)
-    await _refreshed(hass, entry)
-    with patch(
-        "custom_components.v2g.history.async_refresh_history_prediction"
-    ) as refresh:
+    await _refreshed(hass)
+    caplog.clear()
+    with patch(GET_SIGNIFICANT_STATES) as query:
         async_fire_time_changed(hass, later + timedelta(hours=12))
-        await _refreshed(hass, entry)
-    refresh.assert_not_called()
+        await _refreshed(hass)
+    query.assert_not_called()
+    assert not [r for r in caplog.records if r.name.startswith("custom_components")]
 
 
 async def test_database_error_keeps_the_previous_profiles(
     recorder_mock: Recorder,
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
+    freezer: FrozenDateTimeFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = await async_setup_fleet(hass, options=OPTIONS, subentries=[CAR])
-    await _refreshed(hass, entry)
-    previous = _prediction(entry).profile
-    assert previous is not None
+    start = _local(2025, 6, 2, 0)
+    freezer.move_to(start)
+    hass.states.async_set("binary_sensor.car_plug", "on")
+    await async_wait_recording_done(hass)
+    entry = await async_setup_fleet(
+        hass, options={**OPTIONS, CONF_STALE_TIMEOUT: 86400}, subentries=[CAR]
+    )
+    await _refreshed(hass)
+    # Plugged in since 00:00; at 03:30 the current hour is half observed.
+    freezer.move_to(start + timedelta(hours=3, minutes=30))
+    assert await async_refresh_history_prediction(hass, entry)
+    await _refreshed(hass)
+    learnt = _forecast(hass, "car")
+    assert learnt == pytest.approx(2 / 3, abs=1e-4)
 
     with patch(
-        "custom_components.v2g.history.history.get_significant_states",
+        GET_SIGNIFICANT_STATES,
         side_effect=OperationalError("SELECT", {}, Exception("locked")),
     ):
         assert not await async_refresh_history_prediction(hass, entry)
-
-    assert _prediction(entry).profile is previous
     assert "Could not read the plugged-in history" in caplog.text
+
+    # The entities are refreshed (housekeeping): the learnt value stays.
+    freezer.tick(timedelta(seconds=31))
+    async_fire_time_changed(hass)
+    await _refreshed(hass)
+    assert _forecast(hass, "car") == learnt
 
 
 async def test_database_not_ready(
@@ -295,25 +325,34 @@ async def test_database_not_ready(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     entry = await async_setup_fleet(hass, options=OPTIONS, subentries=[CAR])
-    await _refreshed(hass, entry)
+    await _refreshed(hass)
     not_ready = hass.loop.create_future()
     not_ready.set_result(False)
 
-    with patch.object(recorder_mock, "async_db_ready", not_ready):
+    with (
+        patch.object(recorder_mock, "async_db_ready", not_ready),
+        patch(GET_SIGNIFICANT_STATES) as query,
+    ):
         assert not await async_refresh_history_prediction(hass, entry)
 
+    query.assert_not_called()
     assert "recorder database is not available" in caplog.text
 
 
 async def test_no_vehicle_no_query(
-    recorder_mock: Recorder, hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+    recorder_mock: Recorder,
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="custom_components.v2g")
     entry = await async_setup_fleet(hass, options=OPTIONS)
-    await _refreshed(hass, entry)
-    with patch("custom_components.v2g.history.history.get_significant_states") as query:
+    await _refreshed(hass)
+    with patch(GET_SIGNIFICANT_STATES) as query:
         assert await async_refresh_history_prediction(hass, entry)
     query.assert_not_called()
-    assert _prediction(entry).profile is not None
+    # Learnt (nothing), not failed.
+    assert _learnt(caplog) == ["0 of 0 vehicles", "0 of 0 vehicles"]
 
 
 async def test_without_recorder_the_static_profile_is_used(
@@ -326,9 +365,6 @@ async def test_without_recorder_the_static_profile_is_used(
     await async_announce(hass, ("v1", {}))
 
     assert entry.state is ConfigEntryState.LOADED
-    prediction = _prediction(entry)
-    assert isinstance(prediction.fallback, StaticProfile)
-    assert prediction.profile is None
     assert hass.states.get("sensor.v1_availability_forecast").state == "40.0"
     messages = [r.getMessage() for r in caplog.records if "recorder" in r.getMessage()]
     assert len(messages) == 1
@@ -338,13 +374,10 @@ async def test_without_recorder_the_static_profile_is_used(
 async def test_history_mode_with_a_bad_static_profile(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
-    entry = await async_setup_fleet(
-        hass, options={**OPTIONS, CONF_PREDICTION_PROFILE: "1,2"}
-    )
+    await async_setup_fleet(hass, options={**OPTIONS, CONF_PREDICTION_PROFILE: "1,2"})
     await async_announce(hass, ("v1", {}))
 
-    prediction = _prediction(entry)
-    assert prediction.fallback is None
+    # Nothing learnt, no static profile: available for sure.
     assert hass.states.get("sensor.v1_availability_forecast").state == "100.0"
 
 
@@ -354,7 +387,8 @@ async def test_other_modes_are_left_alone(
     entry = await async_setup_fleet(
         hass, options={**OPTIONS, CONF_PREDICTION: "static_profile"}
     )
-    assert isinstance(entry.runtime_data.prediction, StaticProfile)
+    await async_announce(hass, ("v1", {}))
+    assert hass.states.get("sensor.v1_availability_forecast").state == "40.0"
     assert not await async_refresh_history_prediction(hass, entry)
 
 

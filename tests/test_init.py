@@ -2,34 +2,47 @@
 
 from __future__ import annotations
 
+import copy
+from datetime import timedelta
 import json
+import logging
 from pathlib import Path
 import re
 from typing import Any
-from unittest.mock import Mock, patch
+from unittest.mock import patch
 
 from homeassistant.components import mqtt
-from homeassistant.components.mqtt.models import DATA_MQTT
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP, EVENT_STATE_CHANGED
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import device_registry as dr, issue_registry as ir
+from homeassistant.helpers.dispatcher import async_dispatcher_send
+from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
+import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
+    async_capture_events,
     async_fire_mqtt_message,
+    async_fire_time_changed,
 )
-from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+from pytest_homeassistant_custom_component.typing import (
+    MqttMockHAClient,
+    MqttMockPahoClient,
+    WebSocketGenerator,
+)
 import yaml
 
-from custom_components.v2g import (
-    async_remove_config_entry_device,
-    binary_sensor,
-    event,
-    sensor,
-)
+from custom_components.v2g import binary_sensor, event, sensor
 from custom_components.v2g.const import CONF_TELEMETRY_MODE, DOMAIN
 
-from .helpers import async_announce, async_setup_fleet
+from .helpers import (
+    FleetResponder,
+    async_announce,
+    async_setup_fleet,
+    flush_subscriptions,
+)
 
 
 async def test_setup_and_unload(
@@ -106,7 +119,7 @@ async def test_subscription_failure_retries_setup(
     entry = MockConfigEntry(domain=DOMAIN, data={}, title="Fleet")
     entry.add_to_hass(hass)
     with patch(
-        "custom_components.v2g.transport.mqtt.async_subscribe",
+        "homeassistant.components.mqtt.async_subscribe",
         side_effect=HomeAssistantError("not now"),
     ):
         await hass.config_entries.async_setup(entry.entry_id)
@@ -115,38 +128,118 @@ async def test_subscription_failure_retries_setup(
 
 
 async def test_unload_releases_everything(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    mqtt_client_mock: MqttMockPahoClient,
+    hass_storage: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    real_subscribe = mqtt.async_subscribe
-    unsubscribers: list[Mock] = []
+    """After unload nothing of the fleet is left: subscriptions, timers, listeners."""
+    topics = {
+        "vehicle/+/ack",
+        "v2g/gateway/+/acks",
+        "v2g/fleet/response/+",
+        "v2g/vehicle/state/+",
+        "v2g/telemetry/response/+",
+    }
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        title="Depot",
+        options={CONF_TELEMETRY_MODE: "hybrid"},
+    )
+    entry.add_to_hass(hass)
+    # One setup and unload first: what Home Assistant itself keeps after the
+    # first load (platforms, registries) is the baseline.
+    await async_setup_fleet(hass, entry=entry)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    baseline = hass.bus.async_listeners()
 
-    async def spy_subscribe(*args: Any, **kwargs: Any) -> Mock:
-        unsub = Mock(side_effect=await real_subscribe(*args, **kwargs))
-        unsubscribers.append(unsub)
-        return unsub
-
-    with patch("custom_components.v2g.transport.mqtt.async_subscribe", spy_subscribe):
-        entry = await async_setup_fleet(hass, options={CONF_TELEMETRY_MODE: "hybrid"})
+    mqtt_client_mock.subscribe.reset_mock()
+    mqtt_client_mock.unsubscribe.reset_mock()
+    await async_setup_fleet(hass, entry=entry)
     await async_announce(hass, ("v1", {}))
-    coordinator = entry.runtime_data
-    assert len(unsubscribers) == 5  # ack, gateway ack, discovery, state, response
+    FleetResponder(hass, fleet_mqtt)
+    await hass.services.async_call(
+        DOMAIN,
+        "dispatch",
+        {"config_entry_id": entry.entry_id, "signal_type": "FCR", "power_kw": 5},
+        blocking=True,
+    )
+    subscribed = {
+        topic
+        for call in mqtt_client_mock.subscribe.call_args_list
+        for topic, _qos in call.args[0]
+    }
+    assert topics <= subscribed
+    # The fleet listens to Home Assistant stopping (and its entities to more).
+    loaded = hass.bus.async_listeners()
+    assert loaded[EVENT_HOMEASSISTANT_STOP] > baseline[EVENT_HOMEASSISTANT_STOP]
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     assert entry.state is ConfigEntryState.NOT_LOADED
-    for unsub in unsubscribers:
-        unsub.assert_called_once()
-    assert coordinator._unsubs == []
-    assert coordinator._outcome_listeners == {}
-    assert not coordinator._listeners
-    # No MQTT callback of ours is left on the client.
-    client = hass.data[DATA_MQTT].client
-    for topic in ("vehicle/+/ack", "v2g/gateway/+/acks", "v2g/vehicle/state/+"):
-        assert not client.is_active_subscription(topic)
-    # Messages after unload are ignored quietly.
-    async_fire_mqtt_message(hass, "vehicle/v1/ack", "{}")
-    await hass.async_block_till_done()
-    assert coordinator.counters == {}
+    # Every subscription is given back to the broker.
+    await flush_subscriptions(hass)
+    unsubscribed = {
+        topic
+        for call in mqtt_client_mock.unsubscribe.call_args_list
+        for topic in call.args[0]
+    }
+    assert topics <= unsubscribed
+    assert hass.bus.async_listeners() == baseline
+
+    stored = copy.deepcopy(hass_storage)
+    changes = async_capture_events(hass, EVENT_STATE_CHANGED)
+    fleet_mqtt.async_publish.reset_mock()
+    with caplog.at_level(logging.DEBUG, logger="custom_components.v2g"):
+        caplog.clear()
+        # Messages on every topic, a broker reconnect, Home Assistant stopping,
+        # and a day of timers (housekeeping, polls, debouncers, store delays).
+        for topic in (
+            "vehicle/v1/ack",
+            "v2g/gateway/gw/acks",
+            "v2g/fleet/response/v2",
+            "v2g/vehicle/state/v1",
+            "v2g/telemetry/response/v1",
+        ):
+            async_fire_mqtt_message(hass, topic, "{broken")
+        async_dispatcher_send(hass, mqtt.MQTT_CONNECTION_STATE, False)
+        async_dispatcher_send(hass, mqtt.MQTT_CONNECTION_STATE, True)
+        hass.bus.async_fire(EVENT_HOMEASSISTANT_STOP)
+        async_fire_time_changed(hass, dt_util.utcnow() + timedelta(days=1))
+        await hass.async_block_till_done(wait_background_tasks=True)
+    # ... are ignored quietly: nothing is written, published, logged or saved.
+    assert not [r for r in caplog.records if r.name.startswith("custom_components")]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [
+        e
+        for e in changes
+        if e.data["entity_id"].startswith(("sensor.", "binary_sensor.", "event."))
+    ]
+    assert not fleet_mqtt.async_publish.called
+    assert {k: v for k, v in hass_storage.items() if k.startswith("v2g.")} == {
+        k: v for k, v in stored.items() if k.startswith("v2g.")
+    }
+
+
+async def test_initial_discovery_failure_is_only_logged(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The discovery request sent after setup may fail: the fleet loads anyway."""
+    fleet_mqtt.async_publish.side_effect = HomeAssistantError("broker refused")
+    with caplog.at_level(logging.DEBUG, logger="custom_components.v2g"):
+        entry = await async_setup_fleet(hass)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    assert entry.state is ConfigEntryState.LOADED
+    assert fleet_mqtt.async_publish.call_args.args[:2] == (
+        "v2g/fleet/discovery",
+        "hello",
+    )
+    assert "Initial discovery request not sent: broker refused" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_setup_retries_while_mqtt_is_starting(
@@ -168,22 +261,41 @@ async def test_setup_retries_while_mqtt_is_starting(
 
 
 async def test_remove_foreign_device_refused(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    device_registry: dr.DeviceRegistry,
+    hass_ws_client: WebSocketGenerator,
 ) -> None:
+    """A device of the entry that is not one of its vehicles is not removed."""
+    assert await async_setup_component(hass, "config", {})
     entry = await async_setup_fleet(hass)
-    device = Mock(identifiers={("other", "x"), (DOMAIN, "unrelated")})
-    assert not await async_remove_config_entry_device(hass, entry, device)
+    device = device_registry.async_get_or_create(
+        config_entry_id=entry.entry_id,
+        identifiers={("other", "x"), (DOMAIN, "unrelated")},
+    )
+    client = await hass_ws_client(hass)
+    await client.send_json_auto_id(
+        {
+            "type": "config/device_registry/remove_config_entry",
+            "config_entry_id": entry.entry_id,
+            "device_id": device.id,
+        }
+    )
+    assert not (await client.receive_json())["success"]
+    assert device_registry.async_get(device.id) is not None
 
 
 def test_strings_cover_every_key() -> None:
     """Every translation key the HA layer uses has an English string."""
     root = Path(__file__).parent.parent / "custom_components" / "v2g"
     strings = json.loads((root / "translations" / "en.json").read_text())
-    sources = "".join(
-        (root / name).read_text()
-        for name in ("__init__.py", "coordinator.py", "services.py")
+    # The errors raised by every module of the HA layer, wherever they live.
+    sources = "".join(path.read_text() for path in sorted(root.glob("*.py")))
+    raised = set(
+        re.findall(r'translation_domain=DOMAIN,\s*translation_key="([a-z_]+)"', sources)
     )
-    for key in set(re.findall(r'translation_key="([a-z_]+)"', sources)):
+    assert "dispatch_interrupted" in raised  # the pattern still finds them
+    for key in raised:
         assert key in strings["exceptions"] or key in strings["issues"], key
     entity = strings["entity"]
     for platform, descriptions in (
