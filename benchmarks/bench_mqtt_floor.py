@@ -40,8 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from custom_components.v2g.engine import async_chunks
 from custom_components.v2g.channels import PUBLISH_CHUNK
+from custom_components.v2g.engine import async_chunks
 
 from .harness import HarnessError, LoopBlockMonitor, floor_vehicle_ids
 

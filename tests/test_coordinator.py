@@ -89,11 +89,7 @@ def _in_flight(hass_storage: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _vehicle(diagnostics: dict[str, Any], vehicle_id: str) -> dict[str, Any]:
     """One vehicle of the fleet state in the diagnostics."""
-    (vehicle,) = [
-        v
-        for v in diagnostics["fleet"]["state"]["vehicles"]
-        if v["vehicle_id"] == vehicle_id
-    ]
+    vehicle: dict[str, Any] = diagnostics["fleet"]["sample"][vehicle_id]["vehicle"]
     return vehicle
 
 
@@ -312,9 +308,7 @@ async def test_stale_vehicle_unavailable_and_removable(
     assert await remove(v1.id)
     await hass.async_block_till_done()
     diagnostics = await async_diagnostics(hass, hass_client, entry)
-    assert [v["vehicle_id"] for v in diagnostics["fleet"]["state"]["vehicles"]] == [
-        "v2"
-    ]
+    assert list(diagnostics["fleet"]["sample"]) == ["v2"]
     assert device_registry.async_get(v1.id) is None
     assert hass.states.get("sensor.v1_setpoint") is None
     # It comes back if it talks again.
@@ -554,7 +548,7 @@ async def test_vehicle_subentry_follows_entities(
     diagnostics = await async_diagnostics(hass, hass_client, entry)
     assert _vehicle(diagnostics, "van-1")["max_power_kw"] == 11.0
     assert diagnostics["fleet"]["manual"] == ["van-1"]
-    assert diagnostics["fleet"]["stale"] == []
+    assert diagnostics["fleet"]["stale_ids"] == []
 
     # A device added by hand is removed with its subentry, not by hand.
     device = device_registry.async_get_device(
@@ -599,7 +593,7 @@ async def test_subentry_added_at_runtime(
     diagnostics = await async_diagnostics(hass, hass_client, entry)
     assert diagnostics["fleet"]["manual"] == ["car-9"]
     # Known by hand only: unavailable (stale) and unknown SoC until it talks.
-    assert diagnostics["fleet"]["stale"] == ["car-9"]
+    assert diagnostics["fleet"]["stale_ids"] == ["car-9"]
     assert hass.states.get("sensor.car_9_setpoint").state == STATE_UNAVAILABLE
     async_fire_mqtt_message(hass, "v2g/vehicle/state/car-9", json.dumps({"soc": 0.5}))
     await async_settle(hass)
@@ -768,11 +762,14 @@ async def test_metrics_roundtrip_and_window(
     }
     assert fleet_sensors() == expected
     metrics = (await async_diagnostics(hass, hass_client, entry))["metrics"]
-    assert len(metrics["window"]) == 2
+    assert metrics["dispatches_24h"] == 2
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
-    assert hass_storage[FLEET_STORE]["data"]["metrics"] == metrics
+    saved = hass_storage[FLEET_STORE]["data"]["metrics"]
+    assert len(saved["window"]) == 2
+    assert saved["dispatches"] == metrics["dispatches"]
+    assert saved["last"] == metrics["last"]
     await async_setup_fleet(hass, entry=entry)
     assert fleet_sensors() == expected
     assert (await async_diagnostics(hass, hass_client, entry))["metrics"] == metrics

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers import device_registry as dr
 import pytest
 from pytest_homeassistant_custom_component.common import async_fire_mqtt_message
 from pytest_homeassistant_custom_component.components.diagnostics import (
     get_diagnostics_for_config_entry,
+    get_diagnostics_for_device,
 )
 from pytest_homeassistant_custom_component.typing import (
     ClientSessionGenerator,
@@ -21,6 +23,7 @@ from .helpers import (
     ENTRY_ID,
     FleetResponder,
     async_announce,
+    async_dispatch,
     async_setup_fleet,
     flush_subscriptions,
 )
@@ -65,3 +68,50 @@ async def test_diagnostics(
     assert diagnostics["dropped_input"] == {"ack_malformed": 1}
     assert diagnostics["ack_tracker"]["counters"]["unknown"] == 1
     assert diagnostics == snapshot(exclude=props("dispatch_id", "last_seen"))
+
+
+async def test_diagnostics_stay_bounded_on_a_depot(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_client: ClientSessionGenerator,
+) -> None:
+    """A large fleet: a sample of vehicles and latencies summarised, not listed."""
+    entry = await async_setup_fleet(hass)
+    await async_announce(hass, *((f"car-{i:02}", {}) for i in range(30)))
+    FleetResponder(hass, fleet_mqtt)
+    await async_dispatch(hass, signal_type="aFRR", power_kw=30)
+
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    assert diagnostics["fleet"]["vehicles"] == 30
+    assert list(diagnostics["fleet"]["sample"]) == [f"car-{i:02}" for i in range(20)]
+    latency = diagnostics["metrics"]["latency_ms"]
+    assert latency["count"] == 30
+    assert latency["p50"] <= latency["p95"] <= latency["max"]
+    assert "latencies_ms" not in str(diagnostics)
+
+
+async def test_vehicle_device_diagnostics_hold_that_vehicle_only(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_client: ClientSessionGenerator,
+    device_registry: dr.DeviceRegistry,
+) -> None:
+    entry = await async_setup_fleet(hass)
+    await async_announce(hass, ("car-1", {}), ("car-2", {}))
+    FleetResponder(hass, fleet_mqtt)
+    await async_dispatch(hass, signal_type="aFRR", power_kw=8, strategy="equal")
+
+    car = device_registry.async_get_device(identifiers={(DOMAIN, f"{ENTRY_ID}_car-1")})
+    assert car is not None
+    diagnostics = await get_diagnostics_for_device(hass, hass_client, entry, car)
+    assert diagnostics["vehicle_id"] == "car-1"
+    assert diagnostics["setpoint_kw"] == 4.0
+    assert diagnostics["stats"]["acknowledged"] == 1
+    [dispatched] = diagnostics["recent_dispatches"]
+    assert dispatched["initial"]["status"] == "acknowledged"
+    assert "car-2" not in str(diagnostics)
+
+    fleet = device_registry.async_get_device(identifiers={(DOMAIN, ENTRY_ID)})
+    assert fleet is not None
+    summary = await get_diagnostics_for_device(hass, hass_client, entry, fleet)
+    assert summary["metrics"]["dispatches"] == 1

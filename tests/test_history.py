@@ -14,7 +14,7 @@ from unittest.mock import patch
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components.recorder import Recorder
 from homeassistant.config_entries import ConfigEntryState, ConfigSubentryData
-from homeassistant.core import HomeAssistant, State
+from homeassistant.core import HomeAssistant
 from homeassistant.helpers import entity_registry as er
 from homeassistant.util import dt as dt_util
 import pytest
@@ -42,13 +42,7 @@ from custom_components.v2g.const import (
     DOMAIN,
     SUBENTRY_TYPE_VEHICLE,
 )
-from custom_components.v2g.engine import FleetState, Vehicle
-from custom_components.v2g.history import (
-    HistoryPrediction,
-    async_refresh_history_prediction,
-    learn_profiles,
-    plugged_intervals,
-)
+from custom_components.v2g.history import REFRESH_INTERVAL
 
 from .helpers import ENTRY_ID, async_announce, async_dispatch, async_setup_fleet
 
@@ -71,6 +65,12 @@ CAR = ConfigSubentryData(
 GET_SIGNIFICANT_STATES = (
     "homeassistant.components.recorder.history.get_significant_states"
 )
+
+
+async def _refresh(hass: HomeAssistant) -> None:
+    """Let the 6-hourly refresh run (the clock itself does not move)."""
+    async_fire_time_changed(hass, dt_util.utcnow() + REFRESH_INTERVAL)
+    await hass.async_block_till_done(wait_background_tasks=True)
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ async def test_learns_from_recorded_plugged_in_history(
     for vehicle_id in ("v1", "v2", "v3"):
         assert _forecast(hass, vehicle_id) == pytest.approx(0.4)
 
-    assert await async_refresh_history_prediction(hass, entry)
+    await _refresh(hass)
     await _refreshed(hass)
     assert _learnt(caplog) == ["1 of 1 vehicles", "4 of 4 vehicles"]
     # Friday 16:00: v1 plugged in at night only, v2 in the day, v3 on Fridays.
@@ -293,13 +293,13 @@ async def test_database_error_keeps_the_previous_profiles(
     freezer.move_to(start)
     hass.states.async_set("binary_sensor.car_plug", "on")
     await async_wait_recording_done(hass)
-    entry = await async_setup_fleet(
+    await async_setup_fleet(
         hass, options={**OPTIONS, CONF_STALE_TIMEOUT: 86400}, subentries=[CAR]
     )
     await _refreshed(hass)
     # Plugged in since 00:00; at 03:30 the current hour is half observed.
     freezer.move_to(start + timedelta(hours=3, minutes=30))
-    assert await async_refresh_history_prediction(hass, entry)
+    await _refresh(hass)
     await _refreshed(hass)
     learnt = _forecast(hass, "car")
     assert learnt == pytest.approx(2 / 3, abs=1e-4)
@@ -308,7 +308,7 @@ async def test_database_error_keeps_the_previous_profiles(
         GET_SIGNIFICANT_STATES,
         side_effect=OperationalError("SELECT", {}, Exception("locked")),
     ):
-        assert not await async_refresh_history_prediction(hass, entry)
+        await _refresh(hass)
     assert "Could not read the plugged-in history" in caplog.text
 
     # The entities are refreshed (housekeeping): the learnt value stays.
@@ -324,7 +324,7 @@ async def test_database_not_ready(
     fleet_mqtt: MqttMockHAClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = await async_setup_fleet(hass, options=OPTIONS, subentries=[CAR])
+    await async_setup_fleet(hass, options=OPTIONS, subentries=[CAR])
     await _refreshed(hass)
     not_ready = hass.loop.create_future()
     not_ready.set_result(False)
@@ -333,7 +333,7 @@ async def test_database_not_ready(
         patch.object(recorder_mock, "async_db_ready", not_ready),
         patch(GET_SIGNIFICANT_STATES) as query,
     ):
-        assert not await async_refresh_history_prediction(hass, entry)
+        await _refresh(hass)
 
     query.assert_not_called()
     assert "recorder database is not available" in caplog.text
@@ -346,10 +346,10 @@ async def test_no_vehicle_no_query(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="custom_components.v2g")
-    entry = await async_setup_fleet(hass, options=OPTIONS)
+    await async_setup_fleet(hass, options=OPTIONS)
     await _refreshed(hass)
     with patch(GET_SIGNIFICANT_STATES) as query:
-        assert await async_refresh_history_prediction(hass, entry)
+        await _refresh(hass)
     query.assert_not_called()
     # Learnt (nothing), not failed.
     assert _learnt(caplog) == ["0 of 0 vehicles", "0 of 0 vehicles"]
@@ -384,67 +384,12 @@ async def test_history_mode_with_a_bad_static_profile(
 async def test_other_modes_are_left_alone(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
-    entry = await async_setup_fleet(
+    await async_setup_fleet(
         hass, options={**OPTIONS, CONF_PREDICTION: "static_profile"}
     )
     await async_announce(hass, ("v1", {}))
     assert hass.states.get("sensor.v1_availability_forecast").state == "40.0"
-    assert not await async_refresh_history_prediction(hass, entry)
-
-
-# --- pure parts ------------------------------------------------------------------------
-
-
-def _state(value: str, when: datetime) -> State:
-    return State("binary_sensor.x", value, last_updated=when, last_changed=when)
-
-
-T0 = datetime(2025, 6, 2, tzinfo=dt_util.UTC)  # a Monday
-
-
-def test_intervals_start_at_the_first_known_state() -> None:
-    states = [
-        _state("unavailable", T0),
-        _state("on", T0 + timedelta(hours=1)),
-        _state("on", T0 + timedelta(hours=2)),  # attribute change
-        _state("unknown", T0 + timedelta(hours=3)),
-        _state("on", T0 + timedelta(hours=4)),
-    ]
-    intervals, known = plugged_intervals(states, T0 + timedelta(hours=5))
-    assert known == T0 + timedelta(hours=1)
-    assert intervals == [
-        (T0 + timedelta(hours=1), T0 + timedelta(hours=3)),
-        (T0 + timedelta(hours=4), T0 + timedelta(hours=5)),
-    ]
-
-
-def test_learn_profiles_skips_vehicles_without_known_history() -> None:
-    now = T0 + timedelta(days=7)
-    profiles = learn_profiles(
-        {
-            "never": [_state("unavailable", T0)],
-            "empty": [],
-            "just_now": [_state("on", now)],
-            "week": [_state("on", T0)],
-            "older": [_state("off", T0 - timedelta(days=30))],
-        },
-        now,
-        timedelta(days=7),
-        dt_util.UTC,
-    )
-    assert set(profiles) == {"week", "older"}
-    assert profiles["week"] == [pytest.approx(1.5 / 2)] * 168
-    assert profiles["older"] == [pytest.approx(0.5 / 2)] * 168
-
-
-def test_prediction_without_fallback_and_soc_forecast() -> None:
-    fleet = FleetState()
-    fleet.upsert(Vehicle(vehicle_id="v1", soc=0.5, battery_kwh=10.0), 0.0)
-    prediction = HistoryPrediction(None, tz=dt_util.UTC, fleet=lambda: fleet)
-
-    assert prediction.availability("v1", T0) == 1.0
-    prediction.update({"v1": [0.25] * 168}, T0)
-    assert prediction.availability("v1", T0) == 0.25
-    assert prediction.availability("v2", T0) == 1.0
-    assert prediction.soc_forecast("v1", 1800.0) == [0.5, 0.5]
-    assert prediction.soc_forecast("nobody", 1800.0) == []
+    with patch(GET_SIGNIFICANT_STATES) as query:
+        await _refresh(hass)
+    query.assert_not_called()
+    assert hass.states.get("sensor.v1_availability_forecast").state == "40.0"

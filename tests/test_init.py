@@ -61,7 +61,7 @@ async def test_setup_retries_without_mqtt(hass: HomeAssistant) -> None:
     entry = MockConfigEntry(domain=DOMAIN, data={}, title="Fleet")
     entry.add_to_hass(hass)
     with patch(
-        "homeassistant.components.mqtt.util.async_wait_for_mqtt_client",
+        "homeassistant.components.mqtt.async_wait_for_mqtt_client",
         return_value=False,
     ):
         await hass.config_entries.async_setup(entry.entry_id)
@@ -250,7 +250,7 @@ async def test_setup_retries_while_mqtt_is_starting(
     entry = MockConfigEntry(domain=DOMAIN, data={}, title="Fleet")
     entry.add_to_hass(hass)
     with patch(
-        "homeassistant.components.mqtt.util.async_wait_for_mqtt_client",
+        "homeassistant.components.mqtt.async_wait_for_mqtt_client",
         return_value=False,
     ):
         await hass.config_entries.async_setup(entry.entry_id)

@@ -258,7 +258,7 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
     (
         "too long",
         _signal(length=timedelta(days=2)),
-        "Invalid value for duration_s",
+        "The duration must be more than 0",
         "webhook_invalid_value",
     ),
 ]

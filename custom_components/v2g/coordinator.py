@@ -24,9 +24,7 @@ from typing import Any
 
 from homeassistant.components import mqtt
 from homeassistant.config_entries import ConfigEntry
-from homeassistant.const import EVENT_HOMEASSISTANT_STOP
-from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
-from homeassistant.exceptions import HomeAssistantError
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.debounce import Debouncer
 from homeassistant.helpers.event import async_track_time_interval
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
@@ -106,7 +104,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.connected = False
         qos = self.config.qos
         self.router = OrderRouter(hass, mqtt_channels(hass, self.topics, qos))
-        self.router.before_publish = self._async_save_running
+        self.router.before_publish = persistence.async_save_running
         self.prediction = availability_prediction(self.config, self.fleet)
         self.engine = DispatchEngine(
             self.router,
@@ -149,6 +147,9 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             ready=self.dispatcher.async_ready_to_publish,
         )
         self._snapshots = SnapshotBuilder()
+        # Fleet changes seen, and how many of them the last snapshot includes.
+        self._changes = 0
+        self._snapshot_changes = 0
         self._unsubs: list[CALLBACK_TYPE] = []
         self.data = FleetSnapshot(connected=False, vehicles={})
         self._unsubs.append(
@@ -203,14 +204,14 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
                     HOUSEKEEPING_INTERVAL,
                     name=f"{DOMAIN} housekeeping",
                 ),
-                hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, self._handle_stop),
+                self.persistence.async_follow_running(self.engine.pending_dispatches),
             )
         )
         if polled:
             self._unsubs.append(
                 async_track_time_interval(
                     hass,
-                    self._async_poll_telemetry,
+                    self._async_poll_telemetry_now,
                     timedelta(seconds=self.config.poll_interval),
                     name=f"{DOMAIN} telemetry poll",
                 )
@@ -270,13 +271,27 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             subentry_ids=self.manual.subentry_ids,
             prediction=self.prediction,
         )
-        return await async_run_steps(
+        begun = self._changes
+        snapshot = await async_run_steps(
             self._snapshots.steps(self.fleet, self.metrics, inputs)
         )
+        self._snapshot_changes = begun
+        return snapshot
+
+    @callback
+    def _async_refresh_finished(self) -> None:
+        """Refresh again soon if the fleet changed while the snapshot was built.
+
+        The base class drops a debounced refresh that comes while another one
+        runs; a stepped build may have read a vehicle before it changed.
+        """
+        if self._snapshot_changes != self._changes:
+            self._refresh_debouncer.async_schedule_call()
 
     @callback
     def _fleet_changed(self) -> None:
         """Save and publish soon; bursts of changes coalesce into one snapshot."""
+        self._changes += 1
         self.persistence.async_schedule_save()
         self._refresh_debouncer.async_schedule_call()
 
@@ -285,29 +300,13 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
     async def _async_housekeeping(self, now: Any = None) -> None:
         """Refresh what changes with time: staleness, 24 h ack rate, energy."""
         self.manual.async_touch_live()
-        if self.persistence.has_running:
-            self.persistence.async_update_running(self.engine.pending_dispatches())
+        self.persistence.async_update_running()
         self.persistence.async_schedule_save()
         await self.async_refresh()
 
-    async def _async_save_running(self) -> None:
-        """Save what the running dispatches know (their orders) before sending."""
-        await self.persistence.async_save_running(self.engine.pending_dispatches())
-
-    @callback
-    def _handle_stop(self, event: Event) -> None:
-        """Save what the running dispatches know before Home Assistant stops."""
-        self.persistence.async_update_running(self.engine.pending_dispatches())
-
-    async def _async_poll_telemetry(self, now: Any = None) -> None:
-        if not self.connected:
-            return
-        try:
-            await self.fleet_input.async_poll_telemetry()
-        except HomeAssistantError as err:
-            self.input_log.log_once(
-                "poll_failed", "Telemetry poll not published: %s", err
-            )
+    async def _async_poll_telemetry_now(self, now: Any = None) -> None:
+        if self.connected:
+            await self.fleet_input.async_poll_telemetry(self.input_log)
 
     @callback
     def _handle_connection(self, connected: bool) -> None:

@@ -29,7 +29,7 @@ from .const import (
     TELEMETRY_POLL_PAYLOAD,
 )
 from .engine import EngineError, FleetState, Vehicle, decode_telemetry, decode_vehicle
-from .intake import Route
+from .intake import InputLog, Route
 from .manual_vehicles import ManualVehicles
 from .transport import SubscriptionGate, TopicTemplate
 
@@ -142,19 +142,21 @@ class FleetInput:
         except (TimeoutError, HomeAssistantError) as err:
             LOGGER.debug("Initial discovery request not sent: %s", err)
 
-    async def async_poll_telemetry(self) -> None:
+    async def async_poll_telemetry(self, log: InputLog) -> None:
         """Ask every vehicle for its telemetry (pull and hybrid modes).
 
-        Raises:
-            HomeAssistantError: the request could not be published.
+        A failed request is logged once (``log``); the next poll tries again.
         """
-        await mqtt.async_publish(
-            self._hass,
-            self._topics[CONF_TELEMETRY_REQUEST_TOPIC],
-            TELEMETRY_POLL_PAYLOAD,
-            qos=self._qos,
-            retain=False,
-        )
+        try:
+            await mqtt.async_publish(
+                self._hass,
+                self._topics[CONF_TELEMETRY_REQUEST_TOPIC],
+                TELEMETRY_POLL_PAYLOAD,
+                qos=self._qos,
+                retain=False,
+            )
+        except HomeAssistantError as err:
+            log.log_once("poll_failed", "Telemetry poll not published: %s", err)
 
     def _apply_discovery(self, vehicle_id: str | None, payload: bytes) -> bool:
         try:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.const import EVENT_HOMEASSISTANT_STOP
+from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.util import dt as dt_util
 
 from .const import LOGGER
@@ -41,7 +42,9 @@ class FleetPersistence:
         self.fleet_store = FleetStore(hass, entry_id)
         self.dispatch_log = DispatchLogStore(hass, entry_id)
         self.in_flight = InFlightStore(hass, entry_id)
+        self._hass = hass
         self._data = FleetData()
+        self._running: Callable[[], Iterable[Mapping[str, Any]]] = list
         self._monotonic: Callable[[], float] = hass.loop.time
 
     async def async_load(self) -> FleetData:
@@ -107,19 +110,28 @@ class FleetPersistence:
         """Hold the record of a starting dispatch (written before its first send)."""
         self.in_flight.mark(str(record["dispatch_id"]), record)
 
-    async def async_save_running(self, records: Iterable[Mapping[str, Any]]) -> None:
+    @callback
+    def async_follow_running(
+        self, running: Callable[[], Iterable[Mapping[str, Any]]]
+    ) -> CALLBACK_TYPE:
+        """Read the running dispatches from ``running``; save them at HA's stop."""
+        self._running = running
+
+        @callback
+        def _stop(event: Event) -> None:
+            self.async_update_running()
+
+        return self._hass.bus.async_listen(EVENT_HOMEASSISTANT_STOP, _stop)
+
+    async def async_save_running(self) -> None:
         """Write what the running dispatches know (their orders) now."""
-        await self.in_flight.async_save(_stamped(records))
+        await self.in_flight.async_save(_stamped(self._running()))
 
     @callback
-    def async_update_running(self, records: Iterable[Mapping[str, Any]]) -> None:
+    def async_update_running(self) -> None:
         """Refresh what the running dispatches know (written soon, flushed at stop)."""
-        self.in_flight.async_update(_stamped(records))
-
-    @property
-    def has_running(self) -> bool:
-        """Return True while a dispatch is in flight."""
-        return bool(self.in_flight.running)
+        if self.in_flight.running:
+            self.in_flight.async_update(_stamped(self._running()))
 
     @callback
     def async_clear(self, dispatch_id: str) -> None:
