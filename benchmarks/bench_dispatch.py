@@ -24,6 +24,7 @@ import gc
 import io
 from pathlib import Path
 import pstats
+import re
 import time
 import tracemalloc
 from typing import Any
@@ -73,6 +74,8 @@ class DispatchRun:
     entities_written: int | None = None
     max_writes_per_entity: int | None = None
     rewritten: dict[str, int] | None = None
+    # Writes per kind of entity (the entity id with its digits as #), largest first.
+    writes_by_kind: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,6 +112,14 @@ def check_response(response: Any, expected: int) -> tuple[int, int, str, list[st
     if excluded := response.get("excluded"):
         problems.append(f"{len(excluded)} excluded: {Counter(excluded.values())}")
     return orders, acknowledged, status, problems
+
+
+def writes_by_kind(counter: StateWriteCounter) -> dict[str, int]:
+    """State writes per kind of entity: ``sensor.car#_setpoint`` for every car."""
+    kinds: Counter[str] = Counter()
+    for entity_id, count in counter.per_entity.items():
+        kinds[re.sub(r"\d+", "#", entity_id)] += count
+    return dict(kinds.most_common())
 
 
 def _known_vehicles(entry: ConfigEntry) -> int | None:
@@ -343,6 +354,7 @@ class FleetScenario:
             max_writes_per_entity=None
             if counter is None
             else max(counter.per_entity.values(), default=0),
+            writes_by_kind=None if counter is None else writes_by_kind(counter),
             rewritten=None
             if counter is None
             else {

@@ -292,7 +292,16 @@ def _loop_memory_lines(
                     f" {_num(row.get('max_writes_per_entity'))} per entity;"
                     f" {_num(row.get('entities'))} entities in the entry)."
                 )
+                lines.extend(_writes_by_kind(row))
     return lines
+
+
+def _writes_by_kind(row: Mapping[str, Any]) -> list[str]:
+    kinds = row.get("writes_by_kind")
+    if not kinds:
+        return []
+    shown = ", ".join(f"`{kind}` {_num(n)}" for kind, n in kinds.items())
+    return [f"  By kind: {shown}."]
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:

@@ -333,6 +333,7 @@ async def _measure_size(
     row["entities_written"] = writes.entities_written
     row["max_writes_per_entity"] = writes.max_writes_per_entity
     row["rewritten_entities_sample"] = writes.rewritten
+    row["writes_by_kind"] = writes.writes_by_kind
     if options.trace_loop and size == max(options.sizes):
         await _trace_loop(scenario, floor_run, profile_dir)
     if profiled:

@@ -158,7 +158,7 @@ async def test_broker_outage_mid_dispatch_then_recovery(
     assert [e.data["dispatch_id"] for e in completed] == [response["dispatch_id"]]
     assert completed[0].data["status"] == "failed"
     assert coordinator.engine.pending_dispatches() == []
-    assert not coordinator.persistence.has_running
+    assert coordinator.persistence.in_flight.running == []
     latest = coordinator.dispatch_log.latest(1)[0]
     assert latest["dispatch_id"] == response["dispatch_id"]
     assert await _in_thread(slow.wait_until, lambda s: s["acks_lost_offline"] == 3, 5.0)
