@@ -39,7 +39,7 @@ from .engine import (
     encode_gateway_batch,
     encode_order,
 )
-from .intake import Route
+from .intake import Apply, Route
 from .transport import TopicTemplate, gateway_template
 
 # Sends started per event-loop iteration: starting the first step of 10,000
@@ -68,8 +68,8 @@ class CommandChannel(Protocol):
         """The subscriptions on which the answers arrive, handed to ``engine``."""
 
 
-class VehicleChannel:
-    """One MQTT message per order on the vehicle's command topic."""
+class _MqttChannel:
+    """A channel that publishes on a command topic and reads answers on an ack topic."""
 
     def __init__(
         self,
@@ -78,11 +78,19 @@ class VehicleChannel:
         ack_topic: TopicTemplate,
         qos: int,
     ) -> None:
-        """Create the per-vehicle channel of one fleet."""
+        """Bind the channel to its topic templates."""
         self._hass = hass
         self._command = command_topic
         self._ack = ack_topic
         self._qos = qos
+
+    def _answers(self, kind: str, max_bytes: int, apply: Apply) -> list[Route]:
+        """One confirmed subscription to the ack topic (a dispatch waits for it)."""
+        return [Route(kind, self._ack, max_bytes, apply, self._qos, confirmed=True)]
+
+
+class VehicleChannel(_MqttChannel):
+    """One MQTT message per order on the vehicle's command topic."""
 
     def claims(self, order: Order) -> bool:
         """Every order without a gateway."""
@@ -105,35 +113,17 @@ class VehicleChannel:
 
     def answer_routes(self, engine: DispatchEngine) -> list[Route]:
         """Acks on the vehicle's ack topic."""
-        return [
-            Route(
-                "ack",
-                self._ack,
-                MAX_VEHICLE_PAYLOAD_BYTES,
-                lambda vehicle_id, payload: (
-                    engine.handle_ack(vehicle_id or "", payload) is not None
-                ),
-                self._qos,
-                confirmed=True,
-            )
-        ]
+        return self._answers(
+            "ack",
+            MAX_VEHICLE_PAYLOAD_BYTES,
+            lambda vehicle_id, payload: (
+                engine.handle_ack(vehicle_id or "", payload) is not None
+            ),
+        )
 
 
-class GatewayChannel:
+class GatewayChannel(_MqttChannel):
     """One batch per gateway and dispatch on the gateway's command topic."""
-
-    def __init__(
-        self,
-        hass: HomeAssistant,
-        command_topic: TopicTemplate,
-        ack_topic: TopicTemplate,
-        qos: int,
-    ) -> None:
-        """Create the gateway channel of one fleet."""
-        self._hass = hass
-        self._command = command_topic
-        self._ack = ack_topic
-        self._qos = qos
 
     def claims(self, order: Order) -> bool:
         """Orders to vehicles that named a gateway."""
@@ -169,18 +159,13 @@ class GatewayChannel:
 
     def answer_routes(self, engine: DispatchEngine) -> list[Route]:
         """Batches of acks on the gateway's ack topic."""
-        return [
-            Route(
-                "gateway_ack",
-                self._ack,
-                MAX_GATEWAY_PAYLOAD_BYTES,
-                lambda gateway_id, payload: (
-                    engine.handle_gateway_acks(payload, gateway_id) is not None
-                ),
-                self._qos,
-                confirmed=True,
-            )
-        ]
+        return self._answers(
+            "gateway_ack",
+            MAX_GATEWAY_PAYLOAD_BYTES,
+            lambda gateway_id, payload: (
+                engine.handle_gateway_acks(payload, gateway_id) is not None
+            ),
+        )
 
 
 def _publish(
