@@ -19,6 +19,7 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN, LOGGER
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
+from .held_setpoints import SetpointHolder
 from .persistence import FleetPersistence
 from .services import async_setup_services
 from .webhook import async_setup_webhook
@@ -109,8 +110,9 @@ async def async_unload_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool
 
 
 async def async_remove_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> None:
-    """Delete the stored fleet, dispatch log and in-flight markers of an entry."""
+    """Delete the stored fleet, dispatch log, in-flight markers and held setpoints."""
     await FleetPersistence(hass, entry.entry_id).async_remove()
+    await SetpointHolder(hass, entry).async_remove()
 
 
 async def async_remove_config_entry_device(

@@ -7,7 +7,8 @@
 - ``reconfigure``: the same form, prefilled from the entry; updates the entry data
   (and unique id) and reloads the entry.
 - options: :class:`.options_flow.V2GOptionsFlow`.
-- vehicle subentries: :class:`.vehicle_flow.VehicleSubentryFlowHandler`.
+- vehicle subentries: :class:`.vehicle_flow.VehicleSubentryFlowHandler`; vehicles
+  controlled through Home Assistant: :class:`.controlled_flow.ControlledVehicleFlowHandler`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from .const import (
     DEFAULT_TOPICS,
     DOMAIN,
     GATEWAY_ID_PLACEHOLDER,
+    SUBENTRY_TYPE_CONTROLLED,
     SUBENTRY_TYPE_VEHICLE,
     VEHICLE_ID_PLACEHOLDER,
 )
+from .controlled_flow import ControlledVehicleFlowHandler
 from .options import default_options
 from .options_flow import V2GOptionsFlow
 from .topics import command_topic_base, topic_placeholder, topic_template_error
@@ -158,8 +161,11 @@ class V2GConfigFlow(ConfigFlow, domain=DOMAIN):
     def async_get_supported_subentry_types(
         cls, config_entry: V2GConfigEntry
     ) -> dict[str, type[ConfigSubentryFlow]]:
-        """Return the subentry types: vehicles added by hand."""
-        return {SUBENTRY_TYPE_VEHICLE: VehicleSubentryFlowHandler}
+        """Return the subentry types: vehicles added by hand, or controlled by HA."""
+        return {
+            SUBENTRY_TYPE_VEHICLE: VehicleSubentryFlowHandler,
+            SUBENTRY_TYPE_CONTROLLED: ControlledVehicleFlowHandler,
+        }
 
     async def async_step_user(
         self, user_input: dict[str, Any] | None = None

@@ -144,3 +144,43 @@ MAX_VEHICLE_BATTERY_KWH: Final = 2000.0
 DEFAULT_VEHICLE_MAX_POWER_KW: Final = 7.0
 DEFAULT_VEHICLE_BATTERY_KWH: Final = 40.0
 DEFAULT_VEHICLE_IS_V2G: Final = True
+
+# --- Vehicles controlled through Home Assistant entities (home_control.py, entity_channel.py) -------
+SUBENTRY_TYPE_CONTROLLED: Final = "controlled_vehicle"
+CONF_CONTROL_ENTITY: Final = "control_entity"  # number / input_number
+CONF_CONTROL_ACTION: Final = "control_action"  # script entity, called as an action
+CONF_CONTROL_UNIT: Final = "control_unit"  # W | kW | A
+CONF_VOLTAGE: Final = "voltage"  # V, for a control in A
+CONF_PHASES: Final = "phases"  # 1..3, for a control in A
+CONF_SIGN: Final = "sign_convention"
+CONF_POWER_ENTITY: Final = "power_entity"
+CONF_POWER_SIGN: Final = "power_sign"
+CONF_DEPARTURE_ENTITY: Final = "departure_entity"
+CONF_TARGET_SOC: Final = "target_soc"  # percent
+CONF_MAX_DISCHARGE: Final = "max_discharge_kw"
+CONF_MAX_CHARGE: Final = "max_charge_kw"
+CONF_CONFIRMATION: Final = "confirmation"  # control | power
+CONF_TOLERANCE: Final = "tolerance_kw"
+CONF_IDLE_MODE: Final = "idle_mode"  # fixed | previous
+CONF_IDLE_VALUE: Final = "idle_value"  # in the control's unit
+
+UNIT_W: Final = "W"
+UNIT_KW: Final = "kW"
+UNIT_A: Final = "A"
+CONTROL_UNITS: Final = (UNIT_A, UNIT_W, UNIT_KW)
+SIGN_POSITIVE_CHARGING: Final = "positive_charging"  # as Wallbox
+SIGN_POSITIVE_DISCHARGING: Final = "positive_discharging"  # as our orders
+SIGN_CONVENTIONS: Final = (SIGN_POSITIVE_CHARGING, SIGN_POSITIVE_DISCHARGING)
+CONFIRM_CONTROL: Final = "control"
+CONFIRM_POWER: Final = "power"
+CONFIRMATION_SOURCES: Final = (CONFIRM_CONTROL, CONFIRM_POWER)
+IDLE_FIXED: Final = "fixed"
+IDLE_PREVIOUS: Final = "previous"
+IDLE_MODES: Final = (IDLE_FIXED, IDLE_PREVIOUS)
+
+DEFAULT_VOLTAGE: Final = 230.0
+DEFAULT_PHASES: Final = 1
+DEFAULT_TOLERANCE_KW: Final = 0.1
+DEFAULT_IDLE_VALUE: Final = 0.0
+DEFAULT_TARGET_SOC: Final = 80.0
+ISSUE_CONTROL_MISSING: Final = "control_entity_missing"

@@ -6,7 +6,8 @@ nothing is polled. What changes the fleet:
 * MQTT input, through one table of routes (intake.py): the answers of the
   command channels (channels.py) and what vehicles tell about themselves
   (fleet_input.py);
-* hand-added vehicles and the HA entities they follow (manual_vehicles.py);
+* hand-added vehicles, the HA entities they follow and those that control them
+  (manual_vehicles.py, controlled_vehicles.py: a command channel of its own);
 * dispatches (dispatcher.py).
 
 A new immutable `FleetSnapshot` (engine/snapshot.py) is built in steps by the
@@ -123,6 +124,7 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             soc_known=self.soc_known,
             on_change=self._fleet_changed,
         )
+        self.router.channels.insert(0, self.manual.controlled.channel)  # first wins
         self.vehicle_updates = VehicleUpdates(hass, entry)
         self.dispatcher = FleetDispatcher(
             hass,

@@ -62,7 +62,14 @@ async def async_get_config_entry_diagnostics(
             "holding_setpoint": sum(1 for kw in fleet.setpoints.values() if kw),
             "sample": {vid: vehicle_state(coordinator, vid) for vid in sample},
         },
-        "dropped_input": dict(sorted(coordinator.input_log.counters.items())),
+        "dropped_input": dict(
+            sorted(
+                (
+                    coordinator.input_log.counters
+                    | coordinator.manual.controlled.input_log.counters
+                ).items()
+            )
+        ),
         "ack_tracker": {
             "counters": dict(tracker.counters),
             "pending": tracker.pending_count,

@@ -4,7 +4,9 @@ A vehicle subentry gives a vehicle id, its max power, battery size and V2G
 capability, and optionally a state-of-charge and a plugged-in entity of Home
 Assistant (docs/options.md#vehicle-subentries). Its settings override what the
 vehicle reports in discovery answers; its entities give SoC and availability,
-and keep the vehicle live while they have a state.
+and keep the vehicle live while they have a state. The vehicles of "controlled"
+subentries, whose orders go through Home Assistant, are kept by the
+`ControlledVehicles` this class holds (controlled_vehicles.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .const import (
     LOGGER,
     SUBENTRY_TYPE_VEHICLE,
 )
+from .controlled_vehicles import ControlledVehicles
 from .engine import FleetState, InvalidValueError, Vehicle
 
 _NO_STATE = (STATE_UNAVAILABLE, STATE_UNKNOWN)
@@ -80,11 +83,20 @@ class ManualVehicles:
         self._entity_vehicles: dict[str, list[str]] = {}
         self._untrack: CALLBACK_TYPE | None = None
         self._unsub_entry: CALLBACK_TYPE | None = None
+        self.controlled = ControlledVehicles(
+            hass,
+            entry,
+            fleet,
+            monotonic=monotonic,
+            soc_known=soc_known,
+            on_change=on_change,
+        )
 
     @callback
     def async_start(self) -> None:
         """Apply the subentries now and whenever the entry changes."""
         self.async_sync()
+        self.controlled.async_start()
         self._unsub_entry = async_dispatcher_connect(
             self._hass, SIGNAL_CONFIG_ENTRY_CHANGED, self._handle_entry_changed
         )
@@ -99,12 +111,13 @@ class ManualVehicles:
 
     def is_manual(self, vehicle_id: str) -> bool:
         """Return True if the vehicle comes from a config subentry."""
-        return vehicle_id in self._vehicles
+        return vehicle_id in self._vehicles or self.controlled.is_controlled(vehicle_id)
 
     @property
     def subentry_ids(self) -> dict[str, str]:
         """Vehicle id -> subentry id."""
-        return {vid: item[0] for vid, item in self._vehicles.items()}
+        own = {vid: item[0] for vid, item in self._vehicles.items()}
+        return own | self.controlled.subentry_ids
 
     def plugged_entities(self) -> dict[str, str | None]:
         """Vehicle id -> its configured plugged-in entity (None: not set)."""
@@ -112,7 +125,7 @@ class ManualVehicles:
         for vehicle_id, (_, data) in self._vehicles.items():
             entity_id = data.get(CONF_PLUGGED_ENTITY)
             result[vehicle_id] = entity_id if isinstance(entity_id, str) else None
-        return result
+        return result | self.controlled.plugged_entities()
 
     def overlay(self, vehicle: Vehicle) -> Vehicle:
         """The vehicle with its hand-set values and its entities' states applied."""
@@ -133,6 +146,7 @@ class ManualVehicles:
     @callback
     def async_touch_live(self) -> None:
         """Keep the vehicles whose SoC or plug entity has a state from going stale."""
+        self.controlled.async_touch_live()
         now = self._monotonic()
         for vehicle_id, (_, data) in self._vehicles.items():
             for key in (CONF_SOC_ENTITY, CONF_PLUGGED_ENTITY):

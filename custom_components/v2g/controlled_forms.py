@@ -1,0 +1,181 @@
+"""The forms of the controlled vehicle subentry flow (controlled_flow.py).
+
+Entity pickers are filtered to what fits each field: numbers for the control,
+scripts for an action, battery / plug / power / timestamp device classes for
+the measurements.
+"""
+
+from __future__ import annotations
+
+from homeassistant.const import PERCENTAGE
+from homeassistant.helpers.selector import (
+    EntityFilterSelectorConfig,
+    EntitySelector,
+    EntitySelectorConfig,
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    SelectSelector,
+    SelectSelectorConfig,
+    SelectSelectorMode,
+    TextSelector,
+    TextSelectorConfig,
+)
+from homeassistant.util.unit_conversion import PowerConverter
+import voluptuous as vol
+
+from .const import (
+    CONF_BATTERY_KWH,
+    CONF_CONFIRMATION,
+    CONF_CONTROL_ACTION,
+    CONF_CONTROL_ENTITY,
+    CONF_CONTROL_UNIT,
+    CONF_DEPARTURE_ENTITY,
+    CONF_IDLE_MODE,
+    CONF_IDLE_VALUE,
+    CONF_MAX_CHARGE,
+    CONF_MAX_DISCHARGE,
+    CONF_PHASES,
+    CONF_PLUGGED_ENTITY,
+    CONF_POWER_ENTITY,
+    CONF_POWER_SIGN,
+    CONF_SIGN,
+    CONF_SOC_ENTITY,
+    CONF_TARGET_SOC,
+    CONF_TOLERANCE,
+    CONF_VEHICLE_ID,
+    CONF_VOLTAGE,
+    CONFIRM_CONTROL,
+    CONFIRMATION_SOURCES,
+    CONTROL_UNITS,
+    DEFAULT_IDLE_VALUE,
+    DEFAULT_PHASES,
+    DEFAULT_TOLERANCE_KW,
+    DEFAULT_VEHICLE_BATTERY_KWH,
+    DEFAULT_VOLTAGE,
+    IDLE_FIXED,
+    IDLE_MODES,
+    MAX_VEHICLE_BATTERY_KWH,
+    MAX_VEHICLE_POWER_KW,
+    SIGN_CONVENTIONS,
+    SIGN_POSITIVE_CHARGING,
+    UNIT_A,
+)
+
+OPTIONAL_ENTITIES = (
+    CONF_SOC_ENTITY,
+    CONF_PLUGGED_ENTITY,
+    CONF_POWER_ENTITY,
+    CONF_DEPARTURE_ENTITY,
+)
+POWER_UNITS = frozenset(str(unit) for unit in PowerConverter.VALID_UNITS)
+MAX_VOLTAGE = 1000.0
+MAX_PHASES = 3
+
+
+def _number(minimum: float, maximum: float, step: float, unit: str) -> NumberSelector:
+    return NumberSelector(
+        NumberSelectorConfig(
+            min=minimum,
+            max=maximum,
+            step=step,
+            mode=NumberSelectorMode.BOX,
+            unit_of_measurement=unit,
+        )
+    )
+
+
+def _select(options: tuple[str, ...], translation_key: str) -> SelectSelector:
+    return SelectSelector(
+        SelectSelectorConfig(
+            options=list(options),
+            mode=SelectSelectorMode.DROPDOWN,
+            translation_key=translation_key,
+        )
+    )
+
+
+def _entities(*filters: EntityFilterSelectorConfig) -> EntitySelector:
+    return EntitySelector(EntitySelectorConfig(filter=list(filters)))
+
+
+def control_schema(*, vehicle_id: str | None) -> vol.Schema:
+    """The control form; ``vehicle_id`` set = editing (id read only)."""
+    id_key = (
+        vol.Required(CONF_VEHICLE_ID)
+        if vehicle_id is None
+        else vol.Required(CONF_VEHICLE_ID, default=vehicle_id)
+    )
+    return vol.Schema(
+        {
+            id_key: TextSelector(
+                TextSelectorConfig(autocomplete="off", read_only=vehicle_id is not None)
+            ),
+            vol.Optional(CONF_CONTROL_ENTITY): _entities(
+                {"domain": ["number", "input_number"]}
+            ),
+            vol.Optional(CONF_CONTROL_ACTION): _entities({"domain": "script"}),
+            vol.Required(CONF_CONTROL_UNIT, default=UNIT_A): _select(
+                CONTROL_UNITS, CONF_CONTROL_UNIT
+            ),
+            vol.Required(CONF_VOLTAGE, default=DEFAULT_VOLTAGE): _number(
+                1, MAX_VOLTAGE, 1, "V"
+            ),
+            vol.Required(CONF_PHASES, default=DEFAULT_PHASES): NumberSelector(
+                NumberSelectorConfig(
+                    min=1, max=MAX_PHASES, step=1, mode=NumberSelectorMode.BOX
+                )
+            ),
+            vol.Required(CONF_SIGN, default=SIGN_POSITIVE_CHARGING): _select(
+                SIGN_CONVENTIONS, CONF_SIGN
+            ),
+        }
+    )
+
+
+def settings_schema(discharge_kw: float, charge_kw: float) -> vol.Schema:
+    """The settings form, limits defaulting to what the control allows."""
+    return vol.Schema(
+        {
+            vol.Required(CONF_MAX_DISCHARGE, default=discharge_kw): _number(
+                0, MAX_VEHICLE_POWER_KW, 0.01, "kW"
+            ),
+            vol.Required(CONF_MAX_CHARGE, default=charge_kw): _number(
+                0, MAX_VEHICLE_POWER_KW, 0.01, "kW"
+            ),
+            vol.Required(
+                CONF_BATTERY_KWH, default=DEFAULT_VEHICLE_BATTERY_KWH
+            ): _number(0, MAX_VEHICLE_BATTERY_KWH, 0.1, "kWh"),
+            vol.Optional(CONF_SOC_ENTITY): _entities(
+                {"domain": "sensor", "device_class": "battery"},
+                {"domain": ["number", "input_number"]},
+            ),
+            vol.Optional(CONF_PLUGGED_ENTITY): _entities(
+                {"domain": "binary_sensor", "device_class": "plug"},
+                {"domain": ["input_boolean", "switch"]},
+            ),
+            vol.Optional(CONF_POWER_ENTITY): _entities(
+                {"domain": "sensor", "device_class": "power"}
+            ),
+            vol.Required(CONF_POWER_SIGN, default=SIGN_POSITIVE_CHARGING): _select(
+                SIGN_CONVENTIONS, CONF_SIGN
+            ),
+            vol.Optional(CONF_DEPARTURE_ENTITY): _entities(
+                {"domain": "input_datetime"},
+                {"domain": "sensor", "device_class": "timestamp"},
+            ),
+            vol.Optional(CONF_TARGET_SOC): _number(0, 100, 1, PERCENTAGE),
+            vol.Required(CONF_CONFIRMATION, default=CONFIRM_CONTROL): _select(
+                CONFIRMATION_SOURCES, CONF_CONFIRMATION
+            ),
+            vol.Required(CONF_TOLERANCE, default=DEFAULT_TOLERANCE_KW): _number(
+                0.001, MAX_VEHICLE_POWER_KW, 0.001, "kW"
+            ),
+            vol.Required(CONF_IDLE_MODE, default=IDLE_FIXED): _select(
+                IDLE_MODES, CONF_IDLE_MODE
+            ),
+            vol.Required(CONF_IDLE_VALUE, default=DEFAULT_IDLE_VALUE): NumberSelector(
+                NumberSelectorConfig(mode=NumberSelectorMode.BOX, step="any")
+            ),
+        }
+    )
