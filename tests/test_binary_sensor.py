@@ -19,6 +19,7 @@ from syrupy.assertion import SnapshotAssertion
 from custom_components.v2g.const import CONF_ACK_RATE_SLA, CONF_ACK_TIMEOUT, DOMAIN
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .snapshot_format import version_neutral
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
@@ -31,7 +32,7 @@ async def test_binary_sensors(
     with patch("custom_components.v2g.PLATFORMS", [Platform.BINARY_SENSOR]):
         await async_setup_fleet(hass)
         await async_announce(hass, ("car-1", {}), ("car-2", {"Available": False}))
-    await snapshot_platform(hass, entity_registry, snapshot, ENTRY_ID)
+    await snapshot_platform(hass, entity_registry, version_neutral(snapshot), ENTRY_ID)
 
 
 @pytest.mark.parametrize(("sla", "expected"), [(60.0, STATE_OFF), (70.0, STATE_ON)])

@@ -16,6 +16,7 @@ from syrupy.assertion import SnapshotAssertion
 from custom_components.v2g.const import CONF_ACK_TIMEOUT, CONF_FALLBACK, DOMAIN
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .snapshot_format import version_neutral
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
@@ -28,7 +29,7 @@ async def test_event_entities(
     with patch("custom_components.v2g.PLATFORMS", [Platform.EVENT]):
         await async_setup_fleet(hass)
         await async_announce(hass, ("car-1", {}))
-    await snapshot_platform(hass, entity_registry, snapshot, ENTRY_ID)
+    await snapshot_platform(hass, entity_registry, version_neutral(snapshot), ENTRY_ID)
 
 
 async def test_outcome_events(

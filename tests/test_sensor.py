@@ -21,6 +21,7 @@ from custom_components.v2g.const import (
 )
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .snapshot_format import version_neutral
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
@@ -39,7 +40,7 @@ async def test_sensors(
         await async_announce(
             hass, ("car-1", {"SoC": 0.65}), ("car-2", {"IsV2G": False})
         )
-    await snapshot_platform(hass, entity_registry, snapshot, ENTRY_ID)
+    await snapshot_platform(hass, entity_registry, version_neutral(snapshot), ENTRY_ID)
 
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")

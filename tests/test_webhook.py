@@ -85,6 +85,32 @@ def _counters(entry: MockConfigEntry) -> dict[str, int]:
     return entry.runtime_data.input_log.counters
 
 
+async def _listed_webhooks(
+    hass: HomeAssistant, hass_ws_client: WebSocketGenerator
+) -> list[dict[str, Any]]:
+    """The registered webhooks, as the public `webhook/list` command shows them.
+
+    Not `hass.data[webhook.DOMAIN]`: its shape is Home Assistant's internal (a dict
+    in 2026.2, a `WebhookData` in 2026.11).
+    """
+    ws = await hass_ws_client(hass)
+    await ws.send_json({"id": 1, "type": "webhook/list"})
+    response = await ws.receive_json()
+    assert response["success"]
+    listed: list[dict[str, Any]] = response["result"]
+    return listed
+
+
+async def _listed_webhook_domains(
+    hass: HomeAssistant, hass_ws_client: WebSocketGenerator
+) -> dict[str, str]:
+    """Webhook id -> the domain that registered it."""
+    return {
+        item["webhook_id"]: item["domain"]
+        for item in await _listed_webhooks(hass, hass_ws_client)
+    }
+
+
 # --- accepted signals ----------------------------------------------------------------
 
 
@@ -490,19 +516,23 @@ async def test_signal_through_the_websocket_relay(
     ids=["disabled", "no id"],
 )
 async def test_not_registered_when_disabled_or_without_id(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, options: dict[str, Any]
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_ws_client: WebSocketGenerator,
+    options: dict[str, Any],
 ) -> None:
     opts = {**OPTIONS, **options}
     if opts[CONF_WEBHOOK_ID] is None:
         del opts[CONF_WEBHOOK_ID]
     await async_setup_fleet(hass, options=opts)
 
-    assert hass.data.get(webhook.DOMAIN, {}) == {}
+    assert await _listed_webhooks(hass, hass_ws_client) == []
 
 
 async def test_id_already_in_use_does_not_block_setup(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
+    hass_ws_client: WebSocketGenerator,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def other(*_: Any) -> None:
@@ -513,11 +543,11 @@ async def test_id_already_in_use_does_not_block_setup(
     entry = await async_setup_fleet(hass, options=OPTIONS)
 
     assert entry.state is ConfigEntryState.LOADED
-    assert hass.data[webhook.DOMAIN][WEBHOOK_ID]["domain"] == "other"
+    assert await _listed_webhook_domains(hass, hass_ws_client) == {WEBHOOK_ID: "other"}
     assert "already used by another webhook" in caplog.text
     # Unloading the fleet leaves the other integration's webhook alone.
     assert await hass.config_entries.async_unload(entry.entry_id)
-    assert WEBHOOK_ID in hass.data[webhook.DOMAIN]
+    assert await _listed_webhook_domains(hass, hass_ws_client) == {WEBHOOK_ID: "other"}
 
 
 # --- validation (pure) -------------------------------------------------------------------

@@ -43,7 +43,7 @@ from .const import (
 )
 from .controlled_flow import ControlledVehicleFlowHandler
 from .options import default_options
-from .options_flow import V2GOptionsFlow
+from .options_flow import FormSchema, V2GOptionsFlow, form_schema
 from .topics import command_topic_base, topic_placeholder, topic_template_error
 from .vehicle_flow import VehicleSubentryFlowHandler
 
@@ -109,17 +109,17 @@ def _topic_placeholders(bad_topic: str = "") -> dict[str, str]:
     }
 
 
-def _entry_schema(defaults: Mapping[str, Any]) -> vol.Schema:
+def _entry_schema(defaults: Mapping[str, Any]) -> FormSchema:
     """Return the user/reconfigure schema with ``defaults`` (flat entry data)."""
     text = TextSelector(TextSelectorConfig(autocomplete="off"))
-    return vol.Schema(
+    return form_schema(
         {
             vol.Required(CONF_NAME, default=defaults[CONF_NAME]): text,
             vol.Required(
                 CONF_COMMAND_TOPIC, default=defaults[CONF_COMMAND_TOPIC]
             ): text,
             vol.Required(SECTION_ADVANCED_TOPICS): section(
-                vol.Schema(
+                form_schema(
                     {
                         vol.Required(key, default=defaults[key]): text
                         for key in DEFAULT_TOPICS

@@ -13,9 +13,11 @@ import asyncio
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any, Final
+from weakref import WeakKeyDictionary
 
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import callback
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import Entity, EntityDescription
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
@@ -26,23 +28,58 @@ from .coordinator import V2GConfigEntry, V2GFleetCoordinator
 from .engine.snapshot import VehicleSnapshot
 
 MANUFACTURER = "V2G Fleet Dispatch"
+FLEET_MODEL: Final = "Fleet dispatcher"
+# A vehicle device names its fleet device by registry id (``via_device_id``) where
+# the device info has that key (2026.11 deprecates ``via_device``); the floor,
+# 2026.2, only takes the fleet device's identifier (``via_device``).
+VIA_DEVICE_ID_SUPPORTED: Final = "via_device_id" in DeviceInfo.__optional_keys__
 # Vehicles whose entities one ``async_add_entities`` call adds; the loop is free
 # between two calls (adding an entity costs ~0.1 ms: 10,000 vehicles at once would
 # block it for seconds).
 ADD_BATCH_VEHICLES: Final = 50
 _NOT_WRITTEN: Final = object()
+# The fleet device's registry id, per running fleet (see async_fleet_device_id).
+_fleet_device_ids: WeakKeyDictionary[V2GFleetCoordinator, str] = WeakKeyDictionary()
+
+
+def fleet_device_identifier(entry_id: str) -> tuple[str, str]:
+    """Return the device registry identifier of a fleet."""
+    return (DOMAIN, entry_id)
 
 
 def fleet_device_info(coordinator: V2GFleetCoordinator) -> DeviceInfo:
     """Return the service device of a fleet."""
     entry = coordinator.config_entry
     return DeviceInfo(
-        identifiers={(DOMAIN, entry.entry_id)},
+        identifiers={fleet_device_identifier(entry.entry_id)},
         name=entry.title,
         manufacturer=MANUFACTURER,
-        model="Fleet dispatcher",
+        model=FLEET_MODEL,
         entry_type=DeviceEntryType.SERVICE,
     )
+
+
+@callback
+def async_fleet_device_id(coordinator: V2GFleetCoordinator) -> str:
+    """Return the registry id of the fleet device, registering the device if needed.
+
+    The vehicle devices link to it by id, and a platform may add vehicles before
+    any fleet entity registered it. Looked up once per running fleet.
+    """
+    registry = dr.async_get(coordinator.hass)
+    device_id = _fleet_device_ids.get(coordinator)
+    if device_id is None or registry.async_get(device_id) is None:
+        entry = coordinator.config_entry
+        device_id = registry.async_get_or_create(
+            config_entry_id=entry.entry_id,
+            identifiers={fleet_device_identifier(entry.entry_id)},
+            name=entry.title,
+            manufacturer=MANUFACTURER,
+            model=FLEET_MODEL,
+            entry_type=DeviceEntryType.SERVICE,
+        ).id
+        _fleet_device_ids[coordinator] = device_id
+    return device_id
 
 
 def vehicle_device_identifier(entry_id: str, vehicle_id: str) -> tuple[str, str]:
@@ -55,14 +92,19 @@ def vehicle_device_info(
 ) -> DeviceInfo:
     """Return the device of one vehicle (attached to the fleet device)."""
     entry_id = coordinator.config_entry.entry_id
-    return DeviceInfo(
+    info = DeviceInfo(
         identifiers={vehicle_device_identifier(entry_id, vehicle.vehicle_id)},
         name=vehicle.vehicle_id,
         manufacturer=MANUFACTURER,
         model="V2G vehicle" if vehicle.is_v2g else "Electric vehicle",
         serial_number=vehicle.vehicle_id,
-        via_device=(DOMAIN, entry_id),
     )
+    if VIA_DEVICE_ID_SUPPORTED:
+        # Not a key of the floor's DeviceInfo (this branch does not run there).
+        info["via_device_id"] = async_fleet_device_id(coordinator)  # type: ignore[typeddict-unknown-key, unused-ignore]
+    else:
+        info["via_device"] = fleet_device_identifier(entry_id)
+    return info
 
 
 class V2GEntity(Entity):
@@ -81,18 +123,41 @@ class V2GEntity(Entity):
         """The state as it is displayed (sensors round to their precision)."""
         return self.state
 
-    @callback
-    def async_write_ha_state(self) -> None:
-        """Write the state and remember what it showed."""
+    # No write method is overridden (``async_write_ha_state`` is final from 2026.11
+    # on, and so is the event entity's ``_async_write_ha_state``): the writes Home
+    # Assistant makes by itself and that can change what is shown are followed
+    # through its hooks instead.
+
+    async def async_added_to_hass(self) -> None:
+        """Remember what Home Assistant's first state write will show.
+
+        It writes right after ``async_added_to_hass`` (the subclasses await
+        nothing after this).
+        """
+        await super().async_added_to_hass()
         self._written_key = self._state_key()
-        super().async_write_ha_state()
+
+    @callback
+    def async_registry_entry_updated(self) -> None:
+        """The next change check writes: a new unit or precision changes the display.
+
+        Home Assistant writes the state itself after this hook.
+        """
+        super().async_registry_entry_updated()
+        self._written_key = _NOT_WRITTEN
+
+    @callback
+    def async_write_state(self) -> None:
+        """Write the state now and remember what it shows."""
+        self._written_key = self._state_key()
+        self.async_write_ha_state()
 
     @callback
     def async_write_if_changed(self) -> bool:
         """Write the state if what it shows changed since the last write."""
         if self._state_key() == self._written_key:
             return False
-        self.async_write_ha_state()
+        self.async_write_state()
         return True
 
 

@@ -56,6 +56,21 @@ from .const import (
 )
 from .options import default_options, effective_options
 
+# A form schema as Home Assistant's flow helpers (``section``,
+# ``add_suggested_values_to_schema``) take it. Typed ``Any`` on purpose: Home
+# Assistant 2026.11 validates with probatio, installed under the ``voluptuous``
+# name, and types these helpers with probatio's ``Schema``, while mypy sees the real
+# voluptuous package that is installed beside it; 2026.2 types them with
+# voluptuous's. No class names both. At run time ``vol.Schema`` is the class Home
+# Assistant validates with on every version.
+type FormSchema = Any
+
+
+def form_schema(fields: Mapping[Any, Any]) -> FormSchema:
+    """Return the form schema of ``fields`` (markers to selectors or sections)."""
+    return vol.Schema(fields)
+
+
 # Option keys of the per-signal strategies, in signal order (strategy_FCR, ...).
 STRATEGY_KEYS: Final = tuple(
     f"{CONF_STRATEGY_PREFIX}{sig}" for sig in DEFAULT_STRATEGIES
@@ -157,7 +172,7 @@ def _option_selectors() -> dict[str, Selector[Any]]:
     return selectors
 
 
-def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> vol.Schema:
+def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> FormSchema:
     """Return the options schema; defaults are the current (flat) options.
 
     ``webhook_path`` (where external systems POST signals) is shown read only in
@@ -182,10 +197,10 @@ def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> vol
                 FIELD_WEBHOOK_URL, description={"suggested_value": webhook_path}
             )
         ] = TextSelector(TextSelectorConfig(read_only=True))
-    return vol.Schema(
+    return form_schema(
         {
             vol.Required(name): section(
-                vol.Schema(fields), {"collapsed": name != SECTION_DISPATCH}
+                form_schema(fields), {"collapsed": name != SECTION_DISPATCH}
             )
             for name, fields in sections.items()
         }

@@ -22,6 +22,7 @@ from homeassistant.core import (
 )
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers import config_validation as cv, selector
+from homeassistant.helpers.typing import VolSchemaType
 from homeassistant.util import dt as dt_util
 import voluptuous as vol
 
@@ -83,9 +84,21 @@ def _finite_float(value: Any) -> float:
     return number
 
 
+def _action_schema(fields: Mapping[Any, Any]) -> VolSchemaType:
+    """Return the schema of an action, typed as Home Assistant registers it.
+
+    Home Assistant 2026.11 validates with probatio, installed under the
+    ``voluptuous`` name, and types ``async_register(schema=)`` with probatio's
+    classes, while mypy sees the real voluptuous package installed beside it. At run
+    time ``vol.Schema`` is the class Home Assistant validates with on every version;
+    the cast only tells mypy so.
+    """
+    return cast("VolSchemaType", vol.Schema(fields))
+
+
 _ID_LIST = vol.All(cv.ensure_list, [cv.string])
 
-DISPATCH_SCHEMA: Final = vol.Schema(
+DISPATCH_SCHEMA: Final = _action_schema(
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
         vol.Required(ATTR_SIGNAL_TYPE): _signal_type,
@@ -96,8 +109,8 @@ DISPATCH_SCHEMA: Final = vol.Schema(
         vol.Optional(ATTR_DRY_RUN, default=False): cv.boolean,
     }
 )
-DISCOVER_SCHEMA: Final = vol.Schema({vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY})
-GET_DISPATCH_LOG_SCHEMA: Final = vol.Schema(
+DISCOVER_SCHEMA: Final = _action_schema({vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY})
+GET_DISPATCH_LOG_SCHEMA: Final = _action_schema(
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
         vol.Optional(ATTR_START): cv.datetime,
@@ -108,7 +121,7 @@ GET_DISPATCH_LOG_SCHEMA: Final = vol.Schema(
     }
 )
 _WINDOW = vol.Schema({vol.Required("start"): cv.string, vol.Required("end"): cv.string})
-PLAN_DAY_AHEAD_SCHEMA: Final = vol.Schema(
+PLAN_DAY_AHEAD_SCHEMA: Final = _action_schema(
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
         vol.Required(ATTR_TARGET_KWH): _finite_float,

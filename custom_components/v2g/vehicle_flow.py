@@ -32,18 +32,18 @@ from .const import (
     MAX_VEHICLE_BATTERY_KWH,
     MAX_VEHICLE_POWER_KW,
 )
-from .options_flow import number_selector
+from .options_flow import FormSchema, form_schema, number_selector
 from .topics import vehicle_id_error
 
 
-def _vehicle_schema(*, vehicle_id: str | None) -> vol.Schema:
+def _vehicle_schema(*, vehicle_id: str | None) -> FormSchema:
     """Return the vehicle form; ``vehicle_id`` set = editing (id read only)."""
     id_key = (
         vol.Required(CONF_VEHICLE_ID)
         if vehicle_id is None
         else vol.Required(CONF_VEHICLE_ID, default=vehicle_id)
     )
-    return vol.Schema(
+    return form_schema(
         {
             id_key: TextSelector(
                 TextSelectorConfig(autocomplete="off", read_only=vehicle_id is not None)

@@ -1,0 +1,1 @@
+"""Modules that ``scripts/compat-latest`` copies into the probe venv's site-packages."""
