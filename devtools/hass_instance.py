@@ -285,9 +285,20 @@ class HassInstance:
         existing = await self.entries("mqtt")
         if existing:
             return existing[0]
-        return await self.config_flow(
-            "mqtt", {"broker": "127.0.0.1", "port": broker_port}
+        flow = await self.rest(
+            "POST", "/api/config/config_entries/flow", {"handler": "mqtt"}
         )
+        answers = form_defaults(flow.get("data_schema", []))
+        answers.update(broker="127.0.0.1", port=broker_port)
+        if "other_settings" in answers:
+            # The broker form of 2026.11: a section whose TLS choices have no default.
+            answers["other_settings"].update(set_client_cert=False, set_ca_cert="off")
+        result = await self.rest(
+            "POST", f"/api/config/config_entries/flow/{flow['flow_id']}", answers
+        )
+        if result.get("type") != "create_entry":
+            raise HassError(f"config flow mqtt did not create an entry: {result}")
+        return dict(result["result"])
 
     async def ensure_v2g_entry(self, name: str = "V2G fleet") -> dict[str, Any]:
         """Create the V2G Fleet Dispatch entry with default topics unless it exists."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from unittest.mock import PropertyMock, patch
+from collections.abc import AsyncGenerator, Generator
+from unittest.mock import MagicMock, Mock, PropertyMock, patch
 
 import pytest
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -30,6 +30,22 @@ def fast_mqtt_subscriptions() -> Generator[None]:
         patch("homeassistant.components.mqtt.client.UNSUBSCRIBE_COOLDOWN", 0.0),
     ):
         yield
+
+
+@pytest.fixture
+async def mqtt_mock(
+    mqtt_mock: MqttMockHAClient, mqtt_client_mock: MagicMock
+) -> AsyncGenerator[MqttMockHAClient]:
+    """The test plugin's MQTT mock, whose socket closes at the end like a real one.
+
+    Home Assistant's MQTT client runs a timer from the socket's opening to its
+    closing; the mocked paho client never closes it, and the test plugin of
+    2026.10 and newer fails a test that leaves a timer behind.
+    """
+    yield mqtt_mock
+    mqtt_client_mock.on_socket_close(
+        mqtt_client_mock, None, Mock(fileno=Mock(return_value=-1))
+    )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from unittest.mock import patch
 from homeassistant.config_entries import ConfigSubentryData
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
@@ -55,17 +56,26 @@ def vehicle_payload(vehicle_id: str, **fields: Any) -> str:
     return json.dumps(data)
 
 
+# Loop iterations per round of flush_subscriptions (see there).
+SUBSCRIBE_ROUND_ITERATIONS = 50
+
+
 async def flush_subscriptions(hass: HomeAssistant) -> None:
     """Let the MQTT client's subscribe debouncer run (confirms subscriptions).
 
     The client's job needs a little real loop time; under a frozen clock (the
-    loop does not advance) timers due "now" run without it.
+    loop does not advance) timers due "now" run without it. The job is not a task
+    that ``async_block_till_done`` waits for, and it subscribes to each wildcard
+    topic on its own with MQTT 5 (the test plugin's default from 2026.10 on),
+    awaiting each acknowledgement: every round lets the loop turn
+    ``SUBSCRIBE_ROUND_ITERATIONS`` times.
     """
     for _ in range(5):
         async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
         await hass.async_block_till_done()
         before = hass.loop.time()
-        await asyncio.sleep(0)
+        for _ in range(SUBSCRIBE_ROUND_ITERATIONS):
+            await asyncio.sleep(0)
         if hass.loop.time() != before:
             await asyncio.sleep(0.002)
 
@@ -248,7 +258,11 @@ class FleetResponder:
         self.orders.append(order)
         return self._answer(order, behaviour)
 
-    async def _publish(self, topic: str, payload: Any, qos: int, retain: bool) -> None:
+    async def _publish(
+        self, topic: str, payload: Any, qos: int, retain: bool, **_: Any
+    ) -> None:
+        # Newer Home Assistant passes more keywords (message_expiry_interval= from
+        # 2026.10 on); the responder reads the four it always had.
         self.publishes.append((topic, payload, qos, retain))
         if topic == "v2g/fleet/discovery":
             for vehicle_id, fields in self.discovery:
@@ -307,3 +321,13 @@ def loop_iterations(hass: HomeAssistant) -> Iterator[Callable[[], int]]:
         yield lambda: ticks
     finally:
         running = False
+
+
+def find_device(
+    registry: dr.DeviceRegistry, identifier: tuple[str, str]
+) -> dr.DeviceEntry | None:
+    """The device with ``identifier`` (async_get_device raises in tests on 2026.11)."""
+    for device in registry.devices.values():
+        if identifier in device.identifiers:
+            return device
+    return None

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, patch
 
-from homeassistant.config_entries import SOURCE_USER, ConfigSubentryData
+from homeassistant.config_entries import (
+    SOURCE_USER,
+    ConfigEntryDisabler,
+    ConfigSubentryData,
+)
 from homeassistant.const import CONF_NAME
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType, section
@@ -220,8 +224,14 @@ async def test_user_flow_mqtt_not_configured(hass: HomeAssistant) -> None:
 
 
 async def test_user_flow_mqtt_not_loaded(hass: HomeAssistant) -> None:
-    # Configured but not (or not yet) set up: no client to publish with.
-    MockConfigEntry(domain="mqtt", data={"broker": "127.0.0.1"}).add_to_hass(hass)
+    # Configured but not set up (disabled): no client to publish with. An entry left
+    # to set up would make Home Assistant connect to the broker (2026.11 first tries
+    # MQTT 5): a socket, which tests do not open.
+    MockConfigEntry(
+        domain="mqtt",
+        data={"broker": "127.0.0.1"},
+        disabled_by=ConfigEntryDisabler.USER,
+    ).add_to_hass(hass)
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_USER}
     )

@@ -25,6 +25,7 @@ from .helpers import (
     async_announce,
     async_dispatch,
     async_setup_fleet,
+    find_device,
     flush_subscriptions,
 )
 
@@ -101,7 +102,7 @@ async def test_vehicle_device_diagnostics_hold_that_vehicle_only(
     FleetResponder(hass, fleet_mqtt)
     await async_dispatch(hass, signal_type="aFRR", power_kw=8, strategy="equal")
 
-    car = device_registry.async_get_device(identifiers={(DOMAIN, f"{ENTRY_ID}_car-1")})
+    car = find_device(device_registry, (DOMAIN, f"{ENTRY_ID}_car-1"))
     assert car is not None
     diagnostics = await get_diagnostics_for_device(hass, hass_client, entry, car)
     assert diagnostics["vehicle_id"] == "car-1"
@@ -111,7 +112,7 @@ async def test_vehicle_device_diagnostics_hold_that_vehicle_only(
     assert dispatched["initial"]["status"] == "acknowledged"
     assert "car-2" not in str(diagnostics)
 
-    fleet = device_registry.async_get_device(identifiers={(DOMAIN, ENTRY_ID)})
+    fleet = find_device(device_registry, (DOMAIN, ENTRY_ID))
     assert fleet is not None
     summary = await get_diagnostics_for_device(hass, hass_client, entry, fleet)
     assert summary["metrics"]["dispatches"] == 1

@@ -64,4 +64,4 @@ class V2GDispatchOutcomeEvent(V2GVehicleEntity, EventEntity):
         self, event_type: str, attributes: dict[str, Any]
     ) -> None:
         self._trigger_event(event_type, attributes)
-        self.async_write_ha_state()
+        self.async_write_state()

@@ -188,7 +188,14 @@ async def test_stop_during_a_dispatch_is_logged_as_interrupted(
             )
         log_text = (tmp_path / "config" / "hass.log").read_text(encoding="utf-8")
         assert f"Dispatch {running['dispatch_id']} was interrupted" in log_text
-        assert "Traceback" not in log_text
+        # Nothing of ours failed: no error logged by the integration, no traceback
+        # through its files. (Home Assistant's own components may log theirs:
+        # 2026.11 sets up its ffmpeg component by default, which fails on a machine
+        # without the ffmpeg program.)
+        assert "ERROR" not in "".join(
+            line for line in log_text.splitlines() if "[custom_components.v2g" in line
+        )
+        assert "custom_components/v2g/" not in log_text
     finally:
         if dispatch_call is not None:
             dispatch_call.cancel()
