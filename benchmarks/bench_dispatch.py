@@ -122,7 +122,7 @@ def writes_by_kind(counter: StateWriteCounter) -> dict[str, int]:
     return dict(kinds.most_common())
 
 
-def _known_vehicles(entry: ConfigEntry) -> int | None:
+def known_vehicles(entry: ConfigEntry) -> int | None:
     """How many vehicles the entry's coordinator knows (None if unreadable)."""
     coordinator = getattr(entry, "runtime_data", None)
     fleet = getattr(coordinator, "fleet", None)
@@ -228,7 +228,7 @@ class FleetScenario:
                 found = (response or {}).get("count") if response else None
                 async with asyncio.timeout(limit):
                     while True:
-                        known = _known_vehicles(entry)
+                        known = known_vehicles(entry)
                         if known is None:
                             known = found if isinstance(found, int) else 0
                             if known < self.size:
@@ -254,7 +254,7 @@ class FleetScenario:
                 self.memory_top = _top_allocations(tracemalloc.take_snapshot())
         except TimeoutError as err:
             raise HarnessError(
-                f"{self.mode} {self.size}: {_known_vehicles(entry)} vehicles known"
+                f"{self.mode} {self.size}: {known_vehicles(entry)} vehicles known"
                 f" after {limit:.0f} s; simulator: {self.simulator.output()[-500:]}"
             ) from err
         finally:

@@ -613,6 +613,8 @@ class HassHarness:
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="v2g-bench-hass-"))
     )
     log_file: Path | None = None
+    # YAML appended to configuration.yaml (helpers a section needs, e.g. input_number).
+    extra_configuration: str = ""
     hass: HomeAssistant | None = None
     startup_s: float = 0.0
 
@@ -622,7 +624,9 @@ class HassHarness:
         # Every run starts from nothing: no entries or fleets of an earlier run.
         shutil.rmtree(self.config_dir / ".storage", ignore_errors=True)
         (self.config_dir / "configuration.yaml").write_text(
-            BENCH_CONFIGURATION.format(http_port=free_port()), encoding="utf-8"
+            BENCH_CONFIGURATION.format(http_port=free_port())
+            + self.extra_configuration,
+            encoding="utf-8",
         )
         components = self.config_dir / "custom_components"
         components.mkdir(exist_ok=True)

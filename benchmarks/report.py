@@ -1,4 +1,4 @@
-"""Targets of issue 7 and the markdown rendering of ``results.json``."""
+"""Targets (issues 7 and 13) and the markdown rendering of ``results.json``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ LOOP_BLOCK_TARGET_SIZE = 10_000
 LOOP_BLOCK_MAX_MS = 100.0
 ENGINE_TARGET_SIZE = 10_000
 ENGINE_MAX_MS = 50.0
+# Issue 13: vehicles controlled through Home Assistant entities.
+CONTROLLED_TARGET_SIZE = 50
+CONTROLLED_MAX_CONFIRMATION_MS = 1000.0  # on top of the entity's own delay
+CONTROLLED_LOOP_BLOCK_MAX_MS = 100.0
 
 _SIZE_KEYS = ("vehicles", "size", "n", "count", "fleet_size")
 _TIME_KEYS = ("median_ms", "total_ms", "ms", "time_ms", "elapsed_ms")
@@ -46,19 +50,106 @@ def _row_for(rows: Sequence[Mapping[str, Any]], size: int) -> Mapping[str, Any] 
     return next((row for row in rows if row.get("vehicles") == size), None)
 
 
-def _target(name: str, value: str, met: bool | None, note: str = "") -> dict[str, Any]:
-    return {"target": name, "value": value, "met": met, "note": note}
+PER_VEHICLE = ("per_vehicle",)
+GATEWAY = ("gateway",)
+CONTROLLED = ("controlled",)
+
+
+def _target(
+    name: str,
+    value: str,
+    met: bool | None,
+    note: str = "",
+    *,
+    sections: Sequence[str],
+) -> dict[str, Any]:
+    """One target; ``sections``: the benchmark sections that measure it."""
+    return {
+        "target": name,
+        "value": value,
+        "met": met,
+        "note": note,
+        "sections": list(sections),
+    }
 
 
 def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every issue-7 target with the measured value; ``met`` None = not measured."""
+    """Every target with the measured value; ``met`` None = not measured.
+
+    Each target names the ``sections`` that measure it; a run of some sections
+    (``--only``) lists only theirs.
+    """
+    run = (results.get("meta") or {}).get("sections")
+    return [
+        target
+        for target in [*_fleet_targets(results), *_controlled_targets(results)]
+        if run is None or any(section in run for section in target["sections"])
+    ]
+
+
+def _controlled_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13: confirmations and loop block of a 50-vehicle controlled dispatch."""
+    rows = [
+        row
+        for row in results.get("controlled") or []
+        if row.get("vehicles") == CONTROLLED_TARGET_SIZE
+        and row.get("confirmation_over_delay_max_ms") is not None
+    ]
+    confirm = (
+        f"every confirmation ≤ {CONTROLLED_MAX_CONFIRMATION_MS / 1000:.0f} s (plus the"
+        f" entity's own delay), {CONTROLLED_TARGET_SIZE} HA-controlled vehicles"
+    )
+    block = (
+        f"longest loop block ≤ {CONTROLLED_LOOP_BLOCK_MAX_MS:.0f} ms during a"
+        f" {CONTROLLED_TARGET_SIZE}-vehicle HA-controlled dispatch"
+    )
+    if not rows:
+        return [
+            _target(name, "not measured", None, sections=CONTROLLED)
+            for name in (confirm, block)
+        ]
+    unacked = [row["variant"] for row in rows if not row.get("all_acknowledged")]
+    note = f"not every order acknowledged ({', '.join(unacked)})" if unacked else ""
+    over = {
+        row["variant"]: float(row["confirmation_over_delay_max_ms"]) for row in rows
+    }
+    confirm_value = "; ".join(
+        f"{row['variant']}: max {float(row['confirmation_max_ms']):.0f} ms"
+        + (
+            f" = {float(row['entity_delay_ms']):.0f} + {over[row['variant']]:.0f}"
+            if row.get("entity_delay_ms")
+            else ""
+        )
+        for row in rows
+    )
+    blocks = {row["variant"]: float(row["max_block_ms"]) for row in rows}
+    block_value = "; ".join(f"{variant}: {ms:.0f} ms" for variant, ms in blocks.items())
+    return [
+        _target(
+            confirm,
+            confirm_value,
+            max(over.values()) <= CONTROLLED_MAX_CONFIRMATION_MS and not unacked,
+            note,
+            sections=CONTROLLED,
+        ),
+        _target(
+            block,
+            block_value,
+            max(blocks.values()) <= CONTROLLED_LOOP_BLOCK_MAX_MS,
+            sections=CONTROLLED,
+        ),
+    ]
+
+
+def _fleet_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 7: the MQTT fleet sections and the engine."""
     targets: list[dict[str, Any]] = []
     per_vehicle = results.get("per_vehicle") or []
     for size in PER_VEHICLE_TARGET_SIZES:
         row = _row_for(per_vehicle, size)
         name = f"per-vehicle ≤ {PER_VEHICLE_MAX_RATIO} × HA floor at {size:,} vehicles"
         if row is None or row.get("ratio") is None:
-            targets.append(_target(name, "not measured", None))
+            targets.append(_target(name, "not measured", None, sections=PER_VEHICLE))
             continue
         ratio = float(row["ratio"])
         note = "" if row.get("all_acknowledged") else "not every order acknowledged"
@@ -68,6 +159,7 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"{ratio:.2f} ×",
                 ratio <= PER_VEHICLE_MAX_RATIO and not note,
                 note,
+                sections=PER_VEHICLE,
             )
         )
     gateway = results.get("gateway") or []
@@ -77,8 +169,8 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     )
     name_time = f"gateway ≤ {GATEWAY_MAX_SECONDS} s at {GATEWAY_TARGET_SIZE:,} vehicles"
     if row is None or row.get("ratio") is None:
-        targets.append(_target(name_ratio, "not measured", None))
-        targets.append(_target(name_time, "not measured", None))
+        targets.append(_target(name_ratio, "not measured", None, sections=GATEWAY))
+        targets.append(_target(name_time, "not measured", None, sections=GATEWAY))
     else:
         note = "" if row.get("all_acknowledged") else "not every order acknowledged"
         targets.append(
@@ -87,6 +179,7 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"{float(row['ratio']):.2f} ×",
                 float(row["ratio"]) <= GATEWAY_MAX_RATIO and not note,
                 note,
+                sections=GATEWAY,
             )
         )
         seconds = float(row["integration_s"])
@@ -95,19 +188,30 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 name_time,
                 f"{seconds:.2f} s",
                 seconds <= GATEWAY_MAX_SECONDS and not note,
+                sections=GATEWAY,
             )
         )
-    for mode, rows in (("per-vehicle", per_vehicle), ("gateway", gateway)):
+    for mode, rows, sections in (
+        ("per-vehicle", per_vehicle, PER_VEHICLE),
+        ("gateway", gateway, GATEWAY),
+    ):
         row = _row_for(rows, LOOP_BLOCK_TARGET_SIZE)
         name = (
             f"longest loop block ≤ {LOOP_BLOCK_MAX_MS:.0f} ms during a"
             f" {LOOP_BLOCK_TARGET_SIZE:,}-vehicle {mode} dispatch"
         )
         if row is None or row.get("max_block_ms") is None:
-            targets.append(_target(name, "not measured", None))
+            targets.append(_target(name, "not measured", None, sections=sections))
         else:
             block = float(row["max_block_ms"])
-            targets.append(_target(name, f"{block:.0f} ms", block <= LOOP_BLOCK_MAX_MS))
+            targets.append(
+                _target(
+                    name,
+                    f"{block:.0f} ms",
+                    block <= LOOP_BLOCK_MAX_MS,
+                    sections=sections,
+                )
+            )
     engine = results.get("engine")
     engine_rows = engine if isinstance(engine, list) else []
     measured = [
@@ -117,11 +221,16 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
     name = f"engine < {ENGINE_MAX_MS:.0f} ms at {ENGINE_TARGET_SIZE:,} vehicles"
     if not measured:
-        targets.append(_target(name, "not measured", None))
+        targets.append(_target(name, "not measured", None, sections=("engine",)))
     for _size, strategy, millis in measured:
         assert millis is not None
         targets.append(
-            _target(f"{name} ({strategy})", f"{millis:.1f} ms", millis < ENGINE_MAX_MS)
+            _target(
+                f"{name} ({strategy})",
+                f"{millis:.1f} ms",
+                millis < ENGINE_MAX_MS,
+                sections=("engine",),
+            )
         )
     writes = [
         (mode, row)
@@ -131,7 +240,9 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
     name = "entity updates coalesced (each entity written at most once per dispatch)"
     if not writes:
-        targets.append(_target(name, "not measured", None))
+        targets.append(
+            _target(name, "not measured", None, sections=PER_VEHICLE + GATEWAY)
+        )
     else:
         worst_mode, worst = max(
             writes, key=lambda item: item[1]["max_writes_per_entity"]
@@ -140,7 +251,14 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             f"max {worst['max_writes_per_entity']} writes/entity"
             f" ({worst_mode} {worst['vehicles']:,})"
         )
-        targets.append(_target(name, value, worst["max_writes_per_entity"] <= 1))
+        targets.append(
+            _target(
+                name,
+                value,
+                worst["max_writes_per_entity"] <= 1,
+                sections=PER_VEHICLE + GATEWAY,
+            )
+        )
     return targets
 
 
@@ -304,9 +422,90 @@ def _writes_by_kind(row: Mapping[str, Any]) -> list[str]:
     return [f"  By kind: {shown}."]
 
 
-def render_markdown(results: Mapping[str, Any]) -> str:
-    """The results as a markdown document (tables, ratios, targets)."""
+def _controlled_lines(results: Mapping[str, Any]) -> list[str]:
     meta = results.get("meta", {})
+    rows = results.get("controlled") or []
+    lines = ["", "## 5. Vehicles controlled through Home Assistant", ""]
+    lines += [
+        f"{_num(meta.get('controlled_vehicles'))} `input_number` chargers like a"
+        " Wallbox Quasar's current (-32..32 A, 1 A steps, positive = charging,"
+        " 230 V × 1), each added as a `controlled_vehicle` subentry through the"
+        " subentry flow; no MQTT vehicle. `v2g.dispatch` aFRR, strategy equal, 10 A"
+        " (2.3 kW) per vehicle, discharging and charging in turn;"
+        f" {meta.get('controlled_repeat')} timed dispatches per variant after"
+        f" {meta.get('warmup')} warm-up. *immediate*: confirmed by the"
+        " `input_number` itself; *delayed*: confirmed by a power sensor that shows"
+        " the charger's current after the entity delay. Confirmation: each order's"
+        " `latency_ms` in the response (registration to ack), over every vehicle"
+        " and run.",
+        "",
+    ]
+    lines += _table(
+        [
+            "variant",
+            "vehicles",
+            "entity delay (ms)",
+            "response p50 (s)",
+            "response max (s)",
+            "confirmation p50 (ms)",
+            "confirmation p95 (ms)",
+            "confirmation max (ms)",
+            "max − delay (ms)",
+            "loop block (ms)",
+            "state writes",
+            "entities",
+            "setup (s)",
+            "all acked",
+        ],
+        [
+            [
+                str(row.get("variant")),
+                _num(row.get("vehicles")),
+                _num(row.get("entity_delay_ms"), 0),
+                _num(row.get("response_p50_s")),
+                _num(row.get("response_max_s")),
+                _num(row.get("confirmation_p50_ms"), 1),
+                _num(row.get("confirmation_p95_ms"), 1),
+                _num(row.get("confirmation_max_ms"), 1),
+                _num(row.get("confirmation_over_delay_max_ms"), 1),
+                _block(row, "max_block_ms", "max_gc_ms"),
+                _num(row.get("state_writes")),
+                _num(row.get("entities")),
+                _num(row.get("setup_s"), 1),
+                "yes" if row.get("all_acknowledged") else "**no**",
+            ]
+            for row in rows
+        ],
+    )
+    lines.append("")
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"- {row.get('variant')}: not measured ({row['error']}).")
+        if row.get("state_writes") is not None:
+            lines.append(
+                f"- State writes of one {row.get('variant')} dispatch:"
+                f" {_num(row['state_writes'])}"
+                f" ({_num(row.get('state_writes_in_call'))} before the response) of"
+                f" {_num(row.get('entities_written'))} entities (max"
+                f" {_num(row.get('max_writes_per_entity'))} per entity); adding the"
+                f" vehicles took {_num(row.get('setup_s'), 1)} s (loop block"
+                f" {_num(row.get('setup_max_block_ms'), 0)} ms)."
+            )
+            lines.extend(_writes_by_kind(row))
+    return lines
+
+
+ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results as a markdown document (tables, ratios, targets).
+
+    Only the sections the run measured (``meta.sections``; all when absent).
+    """
+    meta = results.get("meta", {})
+    run = meta.get("sections") or ALL_SECTIONS
+    fleet = "per_vehicle" in run or "gateway" in run
     lines = ["# V2G Fleet Dispatch — benchmark results", ""]
     load = meta.get("load_average", {})
     lines += [
@@ -314,22 +513,60 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f" {_num(meta.get('duration_s'), 0)} s on {meta.get('cpu_count', '?')} CPUs"
         f" (load average {load.get('start', '?')} at start, {load.get('end', '?')} at"
         f" end; other work on the machine makes figures noisy)."
-        f" Every figure is the median of {meta.get('repeat')} runs after"
-        f" {meta.get('warmup')} warm-up run(s); floor and integration runs alternate.",
+        + (
+            f" Every figure is the median of {meta.get('repeat')} runs after"
+            f" {meta.get('warmup')} warm-up run(s); floor and integration runs"
+            " alternate."
+            if fleet
+            else ""
+        ),
         "",
         f"Python {meta.get('python')}, Home Assistant {meta.get('home_assistant')},"
         f" paho-mqtt {meta.get('paho_mqtt')}, {meta.get('mosquitto')} on loopback"
         f" (tests/mqtt_broker.py config), QoS 1, commit {meta.get('git_commit')}.",
-        f"Dispatch: `v2g.dispatch` {meta.get('signal')} with strategy"
-        f" {meta.get('strategy')}, 1 kW per vehicle, every vehicle ordered; ack"
-        f" timeout option {meta.get('ack_timeout_s')} s; the fleet simulator"
-        " (shared connection, immediate acks) answers.",
+    ]
+    if fleet:
+        lines.append(
+            f"Dispatch: `v2g.dispatch` {meta.get('signal')} with strategy"
+            f" {meta.get('strategy')}, 1 kW per vehicle, every vehicle ordered; ack"
+            f" timeout option {meta.get('ack_timeout_s')} s; the fleet simulator"
+            " (shared connection, immediate acks) answers."
+        )
+    lines += [
         "Loop block: the longest late wake-up of a 5 ms ticker on Home Assistant's"
         " event loop; in parentheses the longest garbage collection in the same"
         " window (a full collection stops the whole process).",
-        "",
     ]
-    lines += ["## 1. Per-vehicle mode vs the HA floor", ""]
+    per_vehicle = results.get("per_vehicle") or []
+    gateway = results.get("gateway") or []
+    if "per_vehicle" in run:
+        lines += _per_vehicle_lines(per_vehicle)
+    if "gateway" in run:
+        lines += _gateway_lines(gateway)
+    if "engine" in run:
+        lines += _engine_lines(results)
+    if fleet or "memory" in run:
+        lines += _loop_memory_lines(results, per_vehicle, gateway)
+    if "controlled" in run:
+        lines += _controlled_lines(results)
+    lines += ["", "## Targets", ""]
+    lines += _table(
+        ["target", "measured", "result", "note"],
+        [
+            [item["target"], item["value"], _met(item["met"]), item.get("note", "")]
+            for item in results.get("targets", [])
+        ],
+    )
+    problems = results.get("problems") or []
+    if problems:
+        lines += ["", "## Problems", ""]
+        lines += [f"- {problem}" for problem in problems]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _per_vehicle_lines(per_vehicle: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["", "## 1. Per-vehicle mode vs the HA floor", ""]
     lines += [
         "HA floor: the same number of orders and acks through `mqtt.async_publish` /"
         " `mqtt.async_subscribe` with a counting handler (the same simulator program answers, on floor topics),"
@@ -338,7 +575,6 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         " in one loop iteration (for reference; no target).",
         "",
     ]
-    per_vehicle = results.get("per_vehicle") or []
     lines += _table(
         [
             "vehicles",
@@ -374,12 +610,15 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             for row in per_vehicle
         ],
     )
-    lines += [
+    return lines
+
+
+def _gateway_lines(gateway: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
         "",
         "## 2. Gateway mode vs a bare paho client (one message per vehicle)",
         "",
     ]
-    gateway = results.get("gateway") or []
     lines += _table(
         [
             "vehicles",
@@ -416,19 +655,4 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             for row in gateway
         ],
     )
-    lines += _engine_lines(results)
-    lines += _loop_memory_lines(results, per_vehicle, gateway)
-    lines += ["", "## Targets", ""]
-    lines += _table(
-        ["target", "measured", "result", "note"],
-        [
-            [item["target"], item["value"], _met(item["met"]), item.get("note", "")]
-            for item in results.get("targets", [])
-        ],
-    )
-    problems = results.get("problems") or []
-    if problems:
-        lines += ["", "## Problems", ""]
-        lines += [f"- {problem}" for problem in problems]
-    lines.append("")
-    return "\n".join(lines)
+    return lines

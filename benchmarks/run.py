@@ -2,13 +2,14 @@
 
     python -m benchmarks [--sizes 100,1000,10000] [--repeat 3] [--quick]
                          [--out-dir benchmarks/results] [--only per_vehicle,gateway]
-                         [--profile] [--trace-loop]
+                         [--profile] [--trace-loop] [--controlled-vehicles 50]
 
 Order: the engine benchmark (before Home Assistant boots), then one mosquitto, the
 floors' peer (a fleet simulator) and the bare paho client (its own process), one
 in-process Home Assistant with the MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
-integration runs alternating; finally the memory run. The exit status is 1 when a
-section could not run or a dispatch did not acknowledge every order.
+integration runs alternating; then the memory run; last the vehicles controlled
+through Home Assistant (`input_number` chargers, no MQTT vehicle). The exit status
+is 1 when a section could not run or a dispatch did not acknowledge every order.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import traceback
 from types import FrameType
 from typing import Any
 
+from .bench_controlled import CONTROLLED_VEHICLES, MAX_CONTROLLED_VEHICLES
 from .harness import (
     REPO_ROOT,
     HarnessError,
@@ -47,11 +49,16 @@ from .harness import (
 )
 from .report import evaluate_targets, render_markdown
 
-SECTIONS = ("engine", "per_vehicle", "gateway", "memory")
+SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+# The sections that need the floors' helper processes (peer simulator, bare paho).
+FLOOR_SECTIONS = ("per_vehicle", "gateway")
 DEFAULT_SIZES = (100, 1_000, 10_000)
 DEFAULT_ENGINE_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (5,)
 QUICK_ENGINE_SIZES = (100,)
+# Dispatches are cheap at 50 vehicles: more runs than the fleet sections.
+DEFAULT_CONTROLLED_REPEAT = 10
+QUICK_CONTROLLED_VEHICLES = 5
 DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -70,6 +77,8 @@ class Options:
     profile: bool
     quick: bool
     trace_loop: bool = False
+    controlled_vehicles: int = CONTROLLED_VEHICLES
+    controlled_repeat: int = DEFAULT_CONTROLLED_REPEAT
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -104,7 +113,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--engine-sizes", type=_sizes, help="engine sizes (default 1000,10000,100000)"
     )
     parser.add_argument(
-        "--repeat", type=int, help="runs per figure (median; default 3)"
+        "--repeat",
+        type=int,
+        help="runs per figure (median; default 3, controlled section 10)",
     )
     parser.add_argument("--warmup", type=int, help="unmeasured runs first (default 1)")
     parser.add_argument("--gateway-size", type=int, default=500)
@@ -134,6 +145,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="time every event-loop step of one extra dispatch and floor run at the"
         " largest size; list the slow ones (out-dir/profiles/loop-steps-*.txt)",
     )
+    parser.add_argument(
+        "--controlled-vehicles",
+        type=int,
+        help="vehicles of the controlled section (input_number chargers; default 50)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     engine_sizes = args.engine_sizes or (
@@ -141,8 +157,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    controlled_vehicles = args.controlled_vehicles or (
+        QUICK_CONTROLLED_VEHICLES if args.quick else CONTROLLED_VEHICLES
+    )
+    controlled_repeat = (
+        args.repeat
+        if args.repeat is not None
+        else (1 if args.quick else DEFAULT_CONTROLLED_REPEAT)
+    )
     if repeat < 1 or warmup < 0 or args.gateway_size < 1:
         parser.error("--repeat must be ≥ 1, --warmup ≥ 0, --gateway-size ≥ 1")
+    if not 1 <= controlled_vehicles <= MAX_CONTROLLED_VEHICLES:
+        parser.error(f"--controlled-vehicles must be 1 to {MAX_CONTROLLED_VEHICLES}")
     return Options(
         sizes=tuple(sorted(set(sizes))),
         engine_sizes=tuple(sorted(set(engine_sizes))),
@@ -155,6 +181,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         profile=args.profile,
         quick=args.quick,
         trace_loop=args.trace_loop,
+        controlled_vehicles=controlled_vehicles,
+        controlled_repeat=controlled_repeat,
     )
 
 
@@ -437,6 +465,105 @@ async def run_memory(
         await scenario.async_stop()
 
 
+async def run_controlled(
+    harness: HassHarness, options: Options, results: dict[str, Any]
+) -> None:
+    """Section 5: N vehicles controlled through `input_number` chargers, per variant."""
+    from .bench_controlled import VARIANTS, ControlledScenario, summarise
+
+    count = options.controlled_vehicles
+    for variant, delay_s in VARIANTS:
+        say(f"controlled: {count} input_number chargers, {variant}")
+        row: dict[str, Any] = {
+            "variant": variant,
+            "vehicles": count,
+            "entity_delay_ms": delay_s * 1000.0,
+        }
+        results["controlled"].append(row)
+        scenario = ControlledScenario(harness, variant, count, delay_s)
+        runs: list[Any] = []
+        try:
+            await _measure_controlled(scenario, options, row, runs)
+        except Exception as err:  # noqa: BLE001 - reported in the results
+            traceback.print_exc()
+            row["error"] = f"{type(err).__name__}: {err}"
+            results["problems"].append(f"controlled {variant}: {row['error']}")
+            results["section_errors"].append("controlled")
+        finally:
+            try:
+                await scenario.async_stop()
+            except Exception as err:  # noqa: BLE001 - reported in the results
+                results["problems"].append(f"controlled {variant} teardown: {err}")
+        if runs:
+            summarise(row, runs, delay_s)
+        results["problems"].extend(
+            f"controlled {variant}: {problem}" for problem in row.get("problems", [])
+        )
+
+
+async def _measure_controlled(
+    scenario: Any, options: Options, row: dict[str, Any], runs: list[Any]
+) -> None:
+    """Add the vehicles, warm up, time the dispatches, count one's state writes."""
+    hass = scenario.hass
+    await scenario.async_start()
+    row["setup_s"] = scenario.setup_s
+    row["setup_max_block_ms"] = scenario.setup_max_block_ms
+    row["entities"] = scenario.entities
+    say(
+        f"  {scenario.count} vehicles added through the subentry flow in"
+        f" {scenario.setup_s:.1f} s ({scenario.entities} entities)"
+    )
+    await _settle(hass)
+    for _ in range(options.warmup):
+        await scenario.async_dispatch()
+        await _settle(hass)
+    for index in range(options.controlled_repeat):
+        run = await scenario.async_dispatch()
+        runs.append(run)
+        await _settle(hass)
+        note = f"; {'; '.join(run.problems)}" if run.problems else ""
+        say(
+            f"  run {index + 1}: response {run.seconds:.3f} s, slowest confirmation"
+            f" {max(run.latencies_ms, default=0.0):.0f} ms"
+            f" (loop block {run.max_block_ms:.0f} ms{note})"
+        )
+    writes = await scenario.async_dispatch(count_writes=True)
+    row["state_writes"] = writes.state_writes
+    row["state_writes_in_call"] = writes.state_writes_in_call
+    row["entities_written"] = writes.entities_written
+    row["max_writes_per_entity"] = writes.max_writes_per_entity
+    row["writes_by_kind"] = writes.writes_by_kind
+
+
+async def _run_sections_without_floor(
+    harness: HassHarness,
+    broker_port: int,
+    options: Options,
+    results: dict[str, Any],
+    log_dir: Path,
+) -> None:
+    """The memory run, then the vehicles controlled through Home Assistant."""
+    if "memory" in options.sections:
+        await run_memory(harness, broker_port, options, results, log_dir)
+    if "controlled" in options.sections:
+        await run_controlled(harness, options, results)
+
+
+def _new_harness(options: Options, broker_port: int, log_dir: Path) -> HassHarness:
+    """The in-process Home Assistant; with the chargers the controlled section uses."""
+    from .bench_controlled import controlled_configuration
+
+    return HassHarness(
+        broker_port,
+        config_dir=log_dir / "hass-config",
+        log_file=log_dir / "home-assistant.log",
+        extra_configuration=controlled_configuration(options.controlled_vehicles)
+        if "controlled" in options.sections
+        else "",
+    )
+
+
 async def run_hass_sections(
     options: Options,
     broker_port: int,
@@ -448,18 +575,15 @@ async def run_hass_sections(
     from .bench_dispatch import GATEWAY, PER_VEHICLE
     from .bench_mqtt_floor import HaFloor
 
-    harness = HassHarness(
-        broker_port,
-        config_dir=log_dir / "hass-config",
-        log_file=log_dir / "home-assistant.log",
-    )
+    harness = _new_harness(options, broker_port, log_dir)
     say("starting Home Assistant (in process)")
     hass = await harness.start()
     results["meta"]["hass_startup_s"] = round(harness.startup_s, 2)
     loop = asyncio.get_running_loop()
     ha_floor = HaFloor(hass, max(options.sizes))
     try:
-        await ha_floor.async_setup()
+        if PER_VEHICLE in options.sections:
+            await ha_floor.async_setup()
 
         async def _quiet_floor(size: int, measure: Callable[[], Any]) -> Any:
             """A floor run during which the integration wrote no entity state.
@@ -511,8 +635,9 @@ async def run_hass_sections(
             await run_fleet_section(
                 GATEWAY, harness, broker_port, options, results, _paho_floor, log_dir
             )
-        if "memory" in options.sections:
-            await run_memory(harness, broker_port, options, results, log_dir)
+        await _run_sections_without_floor(
+            harness, broker_port, options, results, log_dir
+        )
     finally:
         ha_floor.close()
         await harness.stop()
@@ -546,11 +671,14 @@ def new_results(options: Options) -> dict[str, Any]:
             "strategy": STRATEGY,
             "ack_timeout_s": BENCH_ACK_TIMEOUT_S,
             "qos": 1,
+            "controlled_vehicles": options.controlled_vehicles,
+            "controlled_repeat": options.controlled_repeat,
         },
         "engine": None,
         "per_vehicle": [],
         "gateway": [],
         "memory": None,
+        "controlled": [],
         "targets": [],
         "problems": [],
         "section_errors": [],
@@ -608,8 +736,9 @@ def _main(options: Options) -> int:
             broker.port, max(options.sizes), log_dir / "paho-floor.log"
         )
         try:
-            floor_peer.start()
-            paho_floor.start()
+            if any(section in FLOOR_SECTIONS for section in options.sections):
+                floor_peer.start()
+                paho_floor.start()
             run_in_hass_thread(
                 lambda: run_hass_sections(
                     options, broker.port, paho_floor, results, log_dir
@@ -632,7 +761,7 @@ def _main(options: Options) -> int:
     say(f"wrote {json_path} and {md_path}")
     failed = bool(results["section_errors"]) or any(
         not row.get("all_acknowledged", False)
-        for mode in ("per_vehicle", "gateway")
+        for mode in ("per_vehicle", "gateway", "controlled")
         for row in results[mode]
     )
     return 1 if failed else 0

@@ -106,18 +106,36 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
 
     _positive(results["memory"], "vehicles", "peak_bytes", "peak_per_1000_mib")
 
+    immediate, delayed = results["controlled"]
+    for row in (immediate, delayed):
+        assert row["vehicles"] == QUICK_SIZE
+        assert row["all_acknowledged"] is True, row
+        assert row["confirmations"] == QUICK_SIZE
+        _positive(row, "response_p50_s", "confirmation_max_ms", "entities")
+        # Every dispatch moves every charger (and its meter): written once each.
+        assert row["writes_by_kind"]["input_number.bench_charger_#"] == QUICK_SIZE
+        assert row["max_writes_per_entity"] == 1
+    assert (immediate["variant"], immediate["entity_delay_ms"]) == ("immediate", 0)
+    assert (delayed["variant"], delayed["entity_delay_ms"]) == ("delayed", 500)
+    # Confirmed by the meters, which follow the chargers after 0.5 s.
+    assert delayed["confirmation_p50_ms"] >= 500
+    assert delayed["response_p50_s"] >= 0.5
+    assert delayed["writes_by_kind"]["sensor.bench_charger_#_power"] == QUICK_SIZE
+
     names = [item["target"] for item in results["targets"]]
     assert any("HA floor" in name for name in names)
     assert any("bare paho" in name for name in names)
     assert any("loop block" in name for name in names)
     assert any("engine" in name for name in names)
     assert any("coalesced" in name for name in names)
+    assert any("HA-controlled" in name for name in names)
 
     for heading in (
         "## 1. Per-vehicle mode",
         "## 2. Gateway mode",
         "## 3. Engine only",
         "## 4. Event loop, memory, state writes",
+        "## 5. Vehicles controlled through Home Assistant",
         "## Targets",
     ):
         assert heading in markdown
@@ -160,3 +178,60 @@ def test_targets_and_markdown_from_synthetic_results() -> None:
     markdown = render_markdown({**results, "targets": list(targets.values())})
     assert "| 10,000 | 1.500 | 1.360 | 1.10 |" in markdown
     assert "**missed**" in markdown
+
+
+def test_controlled_targets_and_a_run_of_one_section() -> None:
+    """Confirmations count over the entity's delay; other sections' targets drop."""
+    controlled = [
+        {
+            "variant": "immediate",
+            "vehicles": 50,
+            "entity_delay_ms": 0.0,
+            "confirmation_max_ms": 30.0,
+            "confirmation_over_delay_max_ms": 30.0,
+            "max_block_ms": 20.0,
+            "all_acknowledged": True,
+        },
+        {
+            "variant": "delayed",
+            "vehicles": 50,
+            "entity_delay_ms": 500.0,
+            "confirmation_max_ms": 1400.0,
+            "confirmation_over_delay_max_ms": 900.0,
+            "max_block_ms": 120.0,
+            "all_acknowledged": True,
+        },
+    ]
+    results: dict[str, Any] = {
+        "meta": {"sections": ["controlled"], "controlled_vehicles": 50},
+        "per_vehicle": [],
+        "gateway": [],
+        "engine": None,
+        "memory": None,
+        "controlled": controlled,
+        "problems": [],
+    }
+    targets = evaluate_targets(results)
+    confirm, block = targets  # only the controlled section's targets
+    assert confirm["met"] is True  # 1.4 s, but 0.5 s of it is the entity's
+    assert "delayed: max 1400 ms = 500 + 900" in confirm["value"]
+    assert block["met"] is False
+    assert block["value"] == "immediate: 20 ms; delayed: 120 ms"
+
+    controlled[1]["confirmation_over_delay_max_ms"] = 1100.0
+    controlled[0]["all_acknowledged"] = False
+    confirm, _block = evaluate_targets(results)
+    assert confirm["met"] is False
+    assert confirm["note"] == "not every order acknowledged (immediate)"
+
+    markdown = render_markdown({**results, "targets": targets})
+    assert "## 5. Vehicles controlled through Home Assistant" in markdown
+    assert "## 1. Per-vehicle mode" not in markdown
+    assert "## 3. Engine only" not in markdown
+    assert "| immediate | 50 | 0 |" in markdown
+
+    results["controlled"] = []
+    assert [item["value"] for item in evaluate_targets(results)] == [
+        "not measured",
+        "not measured",
+    ]
