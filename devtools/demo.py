@@ -5,7 +5,9 @@
 - the fleet simulator (20 vehicles by default, telemetry push, a few dropped acks);
 - Home Assistant with the MQTT and V2G Fleet Dispatch entries created through their
   config flows, onboarding done, an "EV participation" dashboard and an example
-  automation that dispatches every few minutes.
+  automation that dispatches every few minutes;
+- with `--home`, also a simulated home charger made of helpers and templates, whose
+  car is a vehicle controlled through Home Assistant (devtools/home_charger.py).
 It prints the URL and the demo login; Ctrl-C stops every process it started.
 """
 
@@ -23,6 +25,15 @@ import sys
 from typing import Any
 
 from devtools.hass_instance import REPO_ROOT, HassInstance
+from devtools.home_charger import (
+    HOME_VEHICLE_ID,
+    HOME_VIEW_PATH,
+    describe_dispatch,
+    dispatch_to_home,
+    ensure_home_vehicle,
+    home_charger_yaml,
+    home_view,
+)
 from devtools.net import port_open
 
 DASHBOARD_PATH = "ev-participation"
@@ -119,10 +130,27 @@ def pick(entities: dict[str, str], key: str) -> str | None:
     return entities.get(key)
 
 
+def vehicle_card(vehicle_id: str, keys: dict[str, str]) -> dict[str, Any]:
+    """A glance card of one vehicle: SoC, setpoint, ack rate."""
+    return {
+        "type": "glance",
+        "title": vehicle_id,
+        "columns": 3,
+        "entities": [
+            {"entity": keys[k], "name": VEHICLE_LABELS[k]}
+            for k in VEHICLE_KEYS
+            if k in keys
+        ],
+    }
+
+
 def dashboard_config(
-    fleet: dict[str, str], vehicles: dict[str, dict[str, str]]
+    fleet: dict[str, str], vehicles: dict[str, dict[str, str]], *, home: bool = False
 ) -> dict[str, Any]:
-    """The "EV participation" dashboard, built from the real entity ids."""
+    """The "EV participation" dashboard, built from the real entity ids.
+
+    With `home`, a "Home" view shows the home car and its simulated charger.
+    """
     fleet_rows = [fleet[k] for k in FLEET_KEYS if k in fleet]
     cards: list[dict[str, Any]] = []
     if "ack_rate_24h" in fleet:
@@ -157,24 +185,14 @@ def dashboard_config(
             }
         )
     vehicle_cards = [
-        {
-            "type": "glance",
-            "title": vehicle_id,
-            "columns": 3,
-            "entities": [
-                {"entity": keys[k], "name": VEHICLE_LABELS[k]}
-                for k in VEHICLE_KEYS
-                if k in keys
-            ],
-        }
-        for vehicle_id, keys in sorted(vehicles.items())
+        vehicle_card(vehicle_id, keys) for vehicle_id, keys in sorted(vehicles.items())
     ]
     soc_history = [
         keys["state_of_charge"]
         for _, keys in sorted(vehicles.items())
         if "state_of_charge" in keys
     ]
-    views = [
+    views: list[dict[str, Any]] = [
         {"title": "Fleet", "path": "fleet", "cards": cards},
         {"title": "Vehicles", "path": "vehicles", "cards": vehicle_cards},
     ]
@@ -187,6 +205,9 @@ def dashboard_config(
                 "entities": soc_history[:20],
             }
         )
+    if home:
+        car = vehicles.get(HOME_VEHICLE_ID, {})
+        views.append(home_view(vehicle_card(HOME_VEHICLE_ID, car), car.get("setpoint")))
     return {"title": "EV participation", "views": views}
 
 
@@ -246,9 +267,14 @@ class DemoStack:
         seed: int = 7,
         dispatch_every: int = 5,
         trusted_networks: bool = False,
+        home: bool = False,
     ) -> None:
-        """Describe the stack; nothing starts before `start()`."""
+        """Describe the stack; nothing starts before `start()`.
+
+        `home` adds the simulated home charger and its car (devtools/home_charger.py).
+        """
         self.config_dir = config_dir
+        self.home = home
         self.broker_port = broker_port
         self.vehicles = vehicles
         self.seed = seed
@@ -258,6 +284,7 @@ class DemoStack:
         )
         self.entry_id = ""
         self.first_dispatch: dict[str, Any] = {}
+        self.home_dispatch: dict[str, Any] = {}
         self._processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -274,11 +301,13 @@ class DemoStack:
             start_simulator(self.config_dir, self.broker_port, self.vehicles, self.seed)
         )
         hass = self.hass
-        hass.prepare()
+        hass.prepare(home_charger_yaml() if self.home else "")
         await hass.start()
         await hass.ensure_mqtt_entry(self.broker_port)
         entry = await hass.ensure_v2g_entry()
         self.entry_id = entry_id = entry["entry_id"]
+        if self.home:
+            await ensure_home_vehicle(hass, entry_id)
         await hass.call_service(
             "v2g", "discover", {"config_entry_id": entry_id}, return_response=True
         )
@@ -298,7 +327,7 @@ class DemoStack:
         await hass.ws(
             "lovelace/config/save",
             url_path=DASHBOARD_PATH,
-            config=dashboard_config(fleet, vehicles),
+            config=dashboard_config(fleet, vehicles, home=self.home),
         )
         (self.config_dir / "automations.yaml").write_text(
             automation_yaml(entry_id, self.dispatch_every), encoding="utf-8"
@@ -315,6 +344,10 @@ class DemoStack:
             },
             return_response=True,
         )
+        if self.home:
+            self.home_dispatch = await dispatch_to_home(
+                hass, entry_id, self.dispatch_every
+            )
 
     async def stop(self) -> None:
         """Stop Home Assistant, the simulator and the broker we started."""
@@ -343,6 +376,7 @@ async def run(args: argparse.Namespace) -> None:
         seed=args.seed,
         dispatch_every=args.dispatch_every,
         trusted_networks=args.trusted_networks,
+        home=args.home,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -357,8 +391,12 @@ async def run(args: argparse.Namespace) -> None:
             f"{first['acknowledged_kw']:.1f} of {first['requested_kw']:.1f} kW "
             f"acknowledged by {len(first['vehicles'])} vehicles"
         )
+        if stack.home_dispatch:
+            print(describe_dispatch(stack.home_dispatch))
         print()
         print(f"EV participation dashboard: {stack.dashboard_url}")
+        if stack.home:
+            print(f"Home charger view: {stack.dashboard_url}/{HOME_VIEW_PATH}")
         print(f"Login: {stack.hass.username} / {stack.hass.password}")
         if args.trusted_networks:
             print("(demo only: 127.0.0.1 is logged in without a password)")
@@ -389,6 +427,11 @@ def main() -> None:
         "--trusted-networks",
         action="store_true",
         help="demo only: log 127.0.0.1 in without a password",
+    )
+    parser.add_argument(
+        "--home",
+        action="store_true",
+        help="add a simulated home charger (helpers and templates) and its car",
     )
     asyncio.run(run(parser.parse_args()))
 

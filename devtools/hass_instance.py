@@ -8,7 +8,7 @@ flows, actions and states over REST and the websocket API. Only loopback is used
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 import itertools
 import json
@@ -275,6 +275,49 @@ class HassInstance:
             raise HassError(f"config flow {handler} did not create an entry: {result}")
         return dict(result["result"])
 
+    async def subentry_flow(
+        self, entry_id: str, subentry_type: str, *steps: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Run a subentry flow through the REST API; each step's defaults + answers."""
+        base = "/api/config/config_entries/subentries/flow"
+        result = await self.rest("POST", base, {"handler": [entry_id, subentry_type]})
+        for step in steps:
+            if result.get("type") != "form":
+                break
+            answers = form_defaults(result.get("data_schema", [])) | dict(step)
+            result = await self.rest("POST", f"{base}/{result['flow_id']}", answers)
+        if result.get("type") != "create_entry":
+            raise HassError(
+                f"{subentry_type} subentry flow did not create it: {result}"
+            )
+        return dict(result)
+
+    async def wait_for_states(
+        self, entity_ids: Iterable[str], timeout: float = 60.0
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every entity has a state (integrations load after the API)."""
+        wanted = set(entity_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = await self.states()
+            if wanted <= states.keys():
+                return {entity_id: states[entity_id] for entity_id in wanted}
+            if time.monotonic() > deadline:
+                raise HassError(f"no state for {sorted(wanted - states.keys())}")
+            await asyncio.sleep(0.5)
+
+    async def wait_loaded(self, entry_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until a config entry is loaded; the entry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await self.ws("config_entries/get_single", entry_id=entry_id)
+            entry = dict(found["config_entry"])
+            if entry["state"] == "loaded":
+                return entry
+            if time.monotonic() > deadline:
+                raise HassError(f"entry {entry_id} not loaded: {entry['state']}")
+            await asyncio.sleep(0.2)
+
     async def entries(self, domain: str) -> list[dict[str, Any]]:
         """Config entries of a domain."""
         found = await self.ws("config_entries/get", domain=domain)
@@ -304,7 +347,8 @@ class HassInstance:
         """Create the V2G Fleet Dispatch entry with default topics unless it exists."""
         existing = await self.entries("v2g")
         if existing:
-            return existing[0]
+            # A second start: the API answers before the entry has finished loading.
+            return await self.wait_loaded(existing[0]["entry_id"])
         flow = await self.rest(
             "POST", "/api/config/config_entries/flow", {"handler": "v2g"}
         )
