@@ -1,8 +1,11 @@
 """Dispatch orchestration: eligibility -> allocation -> orders -> acks -> fallback.
 
-One dispatch runs at most two rounds of orders:
+One dispatch runs at most two rounds of orders, plus revokes:
 
 1. the allocation of the chosen strategy;
+   an order of it that timed out is *revoked* (a 0 kW order) before its power
+   is re-allocated: a vehicle that applied it and lost its ack must not hold
+   it while another vehicle takes the same power (docs/dispatch.md#revoke);
 2. a fallback round: the power that was assigned but not acknowledged (rejected,
    timed out, failed to publish, superseded, or only partly applied) is
    re-allocated (`fallback.reallocate`) to donors — eligible vehicles that either
@@ -14,6 +17,9 @@ retried with exponential backoff) and one ack deadline, run by
 `rounds.RoundRunner`. Pending entries are registered before publishing, and each
 knows its dispatch, so concurrent dispatches never mix acks; a newer order to a
 vehicle supersedes the older one. Acks arrive through `intake.AckIntake`.
+
+Setpoints that outlive their dispatch are released (`release_ended`, 0 kW
+orders) when the host asks, at their end (docs/dispatch.md#release-at-the-end).
 
 All timing goes through the injected `Runtime`; the engine reads no clock.
 """
@@ -41,6 +47,7 @@ from .models import (
     FlexibilitySignal,
     InvalidValueError,
     OrderStatus,
+    SignalType,
     Strategy,
     Vehicle,
 )
@@ -61,6 +68,8 @@ from .strategies import Allocation, allocate
 
 # How many unknown ids an error message lists before "…".
 _MAX_LISTED_IDS = 10
+# Lifetime of a 0 kW order (revoke, release): it only returns a vehicle to idle.
+IDLE_ORDER_DURATION_S = 60.0
 
 
 @dataclass(slots=True)
@@ -159,8 +168,115 @@ class DispatchEngine:
         record never raises: what can be read is learnt (see `close_record`).
         """
         closed = close_record(record, completed_at)
-        _learn(self.fleet, closed.answered(self.settings.order_ttl_s), completed_at)
-        return closed.response
+        response = closed.response
+        signal = response["signal"]
+        _learn(
+            self.fleet,
+            closed.answered(self.settings.order_ttl_s),
+            completed_at,
+            dispatch_id=response["dispatch_id"] or None,
+            signal_type=signal.get("type"),
+        )
+        return response
+
+    # --- release at the end (docs/dispatch.md#release-at-the-end) ---------------
+
+    async def release_ended(
+        self, skip: Callable[[str], bool] = lambda _vehicle_id: False
+    ) -> list[OrderOutcome]:
+        """Send 0 kW to every vehicle whose dispatch setpoint ended; wait for acks.
+
+        A vehicle with an order in flight is left alone (that order replaces
+        the setpoint); one for which `skip` is true is considered released (its
+        channel returns it to idle itself). An acknowledged release ends the
+        setpoint; the others stay unreleased for the next call.
+        """
+        fleet = self.fleet
+        now = self.runtime.now()
+        fleet.accrue(now)
+        orders: list[Order] = []
+        timestamp_ms = int(now.timestamp() * 1000)
+        for vehicle_id, setpoint in fleet.unreleased().items():
+            vehicle = fleet.vehicles.get(vehicle_id)
+            if vehicle is None or skip(vehicle_id):
+                fleet.release_sent(vehicle_id)
+                continue
+            if self.tracker.pending_for_vehicle(vehicle_id) is not None:
+                continue
+            orders.append(
+                self._idle_order(
+                    vehicle,
+                    setpoint.dispatch_id or "",
+                    _signal_type(setpoint.signal_type),
+                    timestamp_ms,
+                )
+            )
+        if not orders:
+            return []
+        rounds = self._rounds
+        entries = await rounds.wait(
+            await rounds.start(
+                None, OrderRound.RELEASE, orders, self._idle_when_acknowledged
+            )
+        )
+        completed_at = self.runtime.now()
+        return [
+            OrderOutcome(
+                vehicle_id=entry.order.vehicle_id,
+                power_kw=0.0,
+                status=entry.status,
+                command_id=entry.order.command_id,
+                latency_ms=entry.latency_ms,
+                reason=entry.reason,
+                round=OrderRound.RELEASE,
+                resolved_at=completed_at,
+            )
+            for entry in entries
+        ]
+
+    def _idle_when_acknowledged(self, entry: PendingOrder) -> None:
+        """A vehicle that acknowledged a revoke or release is idle from now."""
+        if entry.status is OrderStatus.ACKNOWLEDGED:
+            self.fleet.hold_idle(entry.order.vehicle_id, self.runtime.now())
+
+    def _idle_order(
+        self,
+        vehicle: Vehicle,
+        dispatch_id: str,
+        signal_type: SignalType,
+        timestamp_ms: int,
+    ) -> Order:
+        """A 0 kW order (revoke or release) for one vehicle."""
+        return Order(
+            command_id=self._new_id(),
+            vehicle_id=vehicle.vehicle_id,
+            power_kw=0.0,
+            timestamp_ms=timestamp_ms,
+            dispatch_id=dispatch_id,
+            signal_type=signal_type,
+            duration_s=IDLE_ORDER_DURATION_S,
+            expires_at_ms=timestamp_ms + int(IDLE_ORDER_DURATION_S * 1000),
+            gateway=vehicle.gateway,
+        )
+
+    def _revoke_orders(
+        self, request: DispatchRequest, first: Sequence[PendingOrder]
+    ) -> list[Order]:
+        """0 kW for every vehicle whose non-zero order of `first` timed out."""
+        timestamp_ms = int(self.runtime.now().timestamp() * 1000)
+        vehicles = self.fleet.vehicles
+        return [
+            self._idle_order(
+                vehicles[entry.order.vehicle_id],
+                request.dispatch_id,
+                request.signal.signal_type,
+                timestamp_ms,
+            )
+            for entry in first
+            if entry.status is OrderStatus.TIMEOUT
+            and entry.order.power_kw != 0.0
+            and entry.order.vehicle_id in vehicles
+        ]
 
     # --- dispatch ---------------------------------------------------------------
 
@@ -191,6 +307,15 @@ class DispatchEngine:
         try:
             await _yield_to_loop()
             first = await self._rounds.run(flight, OrderRound.INITIAL, plan.orders)
+            # Revokes leave before the fallback round. Nobody waits for their
+            # acks (a silent vehicle would hold the dispatch for another ack
+            # timeout): an ack, whenever it comes, ends the vehicle's setpoint.
+            revokes = await self._rounds.start(
+                flight,
+                OrderRound.REVOKE,
+                self._revoke_orders(request, first),
+                self._idle_when_acknowledged,
+            )
             second: list[PendingOrder] = []
             if request.signal.power_kw != 0.0:
                 fallback_orders = self._fallback_orders(plan, first)
@@ -198,12 +323,14 @@ class DispatchEngine:
                     second = await self._rounds.run(
                         flight, OrderRound.FALLBACK, fallback_orders
                     )
+            revoked = await _outcomes(flight, OrderRound.REVOKE, revokes.entries)
             initial = await _outcomes(flight, OrderRound.INITIAL, first)
             fallback = await _outcomes(flight, OrderRound.FALLBACK, second)
             result = _result(plan, initial, fallback, self.runtime.now())
+            result.revoked = revoked
             # The outcomes of 10,000 orders and learning from them: two steps.
             await _yield_to_loop()
-            _learn(self.fleet, result.outcomes, result.completed_at)
+            _learn(self.fleet, result.outcomes, result.completed_at, request)
         finally:
             del self._inflight[request.dispatch_id]
             # Until here the dispatch is listed in flight: a stop of Home
@@ -211,7 +338,8 @@ class DispatchEngine:
             # Only does something if this task was cancelled mid-way.
             self.tracker.forget(
                 entry.order.command_id
-                for entries in flight.rounds.values()
+                for round_name, entries in flight.rounds.items()
+                if round_name is not OrderRound.REVOKE
                 for entry in entries
                 if entry.status is OrderStatus.PENDING
             )
@@ -419,9 +547,18 @@ def _result(
 
 
 def _learn(
-    fleet: FleetState, outcomes: Iterable[OrderOutcome], completed_at: datetime
+    fleet: FleetState,
+    outcomes: Iterable[OrderOutcome],
+    completed_at: datetime,
+    request: DispatchRequest | None = None,
+    *,
+    dispatch_id: str | None = None,
+    signal_type: str | None = None,
 ) -> None:
     """Teach the fleet the final status of each order, and who took part."""
+    if request is not None:
+        dispatch_id = request.dispatch_id
+        signal_type = request.signal.signal_type.value
     participants: set[str] = set()
     for outcome in outcomes:
         fleet.record_outcome(
@@ -431,10 +568,20 @@ def _learn(
             outcome.latency_ms,
             outcome.resolved_at or completed_at,
             expires_at=outcome.expires_at,
+            dispatch_id=dispatch_id,
+            signal_type=signal_type,
         )
         if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
             participants.add(outcome.vehicle_id)
     fleet.add_participation(sorted(participants))
+
+
+def _signal_type(value: str | None) -> SignalType:
+    """The signal type a setpoint was stored with (aFRR if unreadable)."""
+    try:
+        return SignalType.parse(value or "")
+    except InvalidValueError:
+        return SignalType.AFRR
 
 
 async def _yield_to_loop() -> None:
