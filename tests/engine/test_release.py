@@ -48,19 +48,20 @@ async def test_no_revoke_for_rejected_or_idle_orders() -> None:
 async def test_release_sends_zero_to_setpoints_that_ended() -> None:
     harness = Harness(two_vehicles(), {}, DispatchSettings())
     result = await harness.dispatch(10.0, duration_s=10.0)
-    assert await harness.engine.release_ended() == []  # nothing ended yet
+    assert await harness.engine.release_ended() == {}  # nothing ended yet
     harness.runtime.clock += 11.0
-    outcomes = await harness.runtime.drive(harness.engine.release_ended())
-    assert {o.vehicle_id: o.status for o in outcomes} == {
+    released = await harness.runtime.drive(harness.engine.release_ended())
+    assert list(released) == [result.dispatch_id]
+    assert {o.vehicle_id: o.status for o in released[result.dispatch_id]} == {
         "v1": OrderStatus.ACKNOWLEDGED,
         "v2": OrderStatus.ACKNOWLEDGED,
     }
-    released = harness.transport.calls[-1]
-    assert {(o.vehicle_id, o.power_kw) for o in released} == {("v1", 0.0), ("v2", 0.0)}
-    assert {o.dispatch_id for o in released} == {result.dispatch_id}
-    assert {o.signal_type for o in released} == {result.signal.signal_type}
+    orders = harness.transport.calls[-1]
+    assert {(o.vehicle_id, o.power_kw) for o in orders} == {("v1", 0.0), ("v2", 0.0)}
+    assert {o.dispatch_id for o in orders} == {result.dispatch_id}
+    assert {o.signal_type for o in orders} == {result.signal.signal_type}
     assert harness.fleet.unreleased() == {}
-    assert await harness.engine.release_ended() == []  # released once
+    assert await harness.engine.release_ended() == {}  # released once
 
 
 async def test_release_skips_superseded_pending_and_self_releasing() -> None:
@@ -69,15 +70,17 @@ async def test_release_skips_superseded_pending_and_self_releasing() -> None:
         {},
         DispatchSettings(),
     )
-    await harness.dispatch(15.0, duration_s=10.0)
+    first = await harness.dispatch(15.0, duration_s=10.0)
     # A newer order to v1 replaced its setpoint before the end.
     await harness.dispatch(5.0, duration_s=900.0, vehicle_ids=("v1",))
     harness.runtime.clock += 11.0
     harness.transport.rules["v2"] = Rule(action="silent")
-    outcomes = await harness.runtime.drive(
+    released = await harness.runtime.drive(
         harness.engine.release_ended(skip=lambda vehicle_id: vehicle_id == "v3")
     )
-    assert {o.vehicle_id: o.status for o in outcomes} == {"v2": OrderStatus.TIMEOUT}
+    assert {o.vehicle_id: o.status for o in released[first.dispatch_id]} == {
+        "v2": OrderStatus.TIMEOUT
+    }
     # v2 did not answer: it is released again next time; v3 released itself.
     assert set(harness.fleet.unreleased()) == {"v2"}
     assert harness.fleet.setpoints == {"v1": 5.0}
@@ -121,4 +124,4 @@ async def test_return_to_idle_is_not_released(power_kw: float) -> None:
     await harness.dispatch(10.0, duration_s=10.0)
     await harness.dispatch(power_kw, duration_s=10.0)
     harness.runtime.clock += 11.0
-    assert await harness.engine.release_ended() == []
+    assert await harness.engine.release_ended() == {}

@@ -183,13 +183,16 @@ class DispatchEngine:
 
     async def release_ended(
         self, skip: Callable[[str], bool] = lambda _vehicle_id: False
-    ) -> list[OrderOutcome]:
+    ) -> dict[str, list[OrderOutcome]]:
         """Send 0 kW to every vehicle whose dispatch setpoint ended; wait for acks.
 
         A vehicle with an order in flight is left alone (that order replaces
         the setpoint); one for which `skip` is true is considered released (its
         channel returns it to idle itself). An acknowledged release ends the
         setpoint; the others stay unreleased for the next call.
+
+        Returns:
+            The release orders and what became of them, by dispatch id.
         """
         fleet = self.fleet
         now = self.runtime.now()
@@ -212,7 +215,7 @@ class DispatchEngine:
                 )
             )
         if not orders:
-            return []
+            return {}
         rounds = self._rounds
         entries = await rounds.wait(
             await rounds.start(
@@ -220,19 +223,21 @@ class DispatchEngine:
             )
         )
         completed_at = self.runtime.now()
-        return [
-            OrderOutcome(
-                vehicle_id=entry.order.vehicle_id,
-                power_kw=0.0,
-                status=entry.status,
-                command_id=entry.order.command_id,
-                latency_ms=entry.latency_ms,
-                reason=entry.reason,
-                round=OrderRound.RELEASE,
-                resolved_at=completed_at,
+        released: dict[str, list[OrderOutcome]] = {}
+        for entry in entries:
+            released.setdefault(entry.order.dispatch_id, []).append(
+                OrderOutcome(
+                    vehicle_id=entry.order.vehicle_id,
+                    power_kw=0.0,
+                    status=entry.status,
+                    command_id=entry.order.command_id,
+                    latency_ms=entry.latency_ms,
+                    reason=entry.reason,
+                    round=OrderRound.RELEASE,
+                    resolved_at=completed_at,
+                )
             )
-            for entry in entries
-        ]
+        return released
 
     def _idle_when_acknowledged(self, entry: PendingOrder) -> None:
         """A vehicle that acknowledged a revoke or release is idle from now."""

@@ -483,9 +483,7 @@ class FleetState:
         for setpoint_chunk in chunks(list(self._energy.setpoints.items())):
             setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
             yield
-        unreleased = {
-            vid: sp.as_dict() for vid, sp in self._energy.unreleased.items()
-        }
+        unreleased = {vid: sp.as_dict() for vid, sp in self._energy.unreleased.items()}
         stats: dict[str, Any] = {}
         for stats_chunk in chunks(list(self.stats.items())):
             stats.update((vid, st.as_dict()) for vid, st in stats_chunk)
