@@ -38,6 +38,7 @@ from .codec import Order
 from .eligibility import Candidate, evaluate_eligibility
 from .fallback import reallocate
 from .fleet import FleetState
+from .idle import IdleOrders
 from .inflight import InFlight, close_record
 from .intake import AckIntake
 from .models import (
@@ -47,7 +48,6 @@ from .models import (
     FlexibilitySignal,
     InvalidValueError,
     OrderStatus,
-    SignalType,
     Strategy,
     Vehicle,
 )
@@ -68,8 +68,6 @@ from .strategies import Allocation, allocate
 
 # How many unknown ids an error message lists before "…".
 _MAX_LISTED_IDS = 10
-# Lifetime of a 0 kW order (revoke, release): it only returns a vehicle to idle.
-IDLE_ORDER_DURATION_S = 60.0
 
 
 @dataclass(slots=True)
@@ -124,6 +122,7 @@ class DispatchEngine:
         self._rounds = RoundRunner(
             transport, runtime, self.tracker, lambda: self.settings
         )
+        self._idle = IdleOrders(fleet, runtime, self.tracker, self._rounds, id_factory)
 
     # --- incoming acks (see `intake`) -------------------------------------------
 
@@ -184,106 +183,8 @@ class DispatchEngine:
     async def release_ended(
         self, skip: Callable[[str], bool] = lambda _vehicle_id: False
     ) -> dict[str, list[OrderOutcome]]:
-        """Send 0 kW to every vehicle whose dispatch setpoint ended; wait for acks.
-
-        A vehicle with an order in flight is left alone (that order replaces
-        the setpoint); one for which `skip` is true is considered released (its
-        channel returns it to idle itself). An acknowledged release ends the
-        setpoint; the others stay unreleased for the next call.
-
-        Returns:
-            The release orders and what became of them, by dispatch id.
-        """
-        fleet = self.fleet
-        now = self.runtime.now()
-        fleet.accrue(now)
-        orders: list[Order] = []
-        timestamp_ms = int(now.timestamp() * 1000)
-        for vehicle_id, setpoint in fleet.unreleased().items():
-            vehicle = fleet.vehicles.get(vehicle_id)
-            if vehicle is None or skip(vehicle_id):
-                fleet.release_sent(vehicle_id)
-                continue
-            if self.tracker.pending_for_vehicle(vehicle_id) is not None:
-                continue
-            orders.append(
-                self._idle_order(
-                    vehicle,
-                    setpoint.dispatch_id or "",
-                    _signal_type(setpoint.signal_type),
-                    timestamp_ms,
-                )
-            )
-        if not orders:
-            return {}
-        rounds = self._rounds
-        entries = await rounds.wait(
-            await rounds.start(
-                None, OrderRound.RELEASE, orders, self._idle_when_acknowledged
-            )
-        )
-        completed_at = self.runtime.now()
-        released: dict[str, list[OrderOutcome]] = {}
-        for entry in entries:
-            released.setdefault(entry.order.dispatch_id, []).append(
-                OrderOutcome(
-                    vehicle_id=entry.order.vehicle_id,
-                    power_kw=0.0,
-                    status=entry.status,
-                    command_id=entry.order.command_id,
-                    latency_ms=entry.latency_ms,
-                    reason=entry.reason,
-                    round=OrderRound.RELEASE,
-                    resolved_at=completed_at,
-                )
-            )
-        return released
-
-    def _idle_when_acknowledged(self, entry: PendingOrder) -> None:
-        """A vehicle that acknowledged a revoke or release is idle from now."""
-        if entry.status is OrderStatus.ACKNOWLEDGED:
-            self.fleet.hold_idle(entry.order.vehicle_id, self.runtime.now())
-
-    def _idle_order(
-        self,
-        vehicle: Vehicle,
-        dispatch_id: str,
-        signal_type: SignalType,
-        timestamp_ms: int,
-    ) -> Order:
-        """A 0 kW order (revoke or release) for one vehicle."""
-        return Order(
-            command_id=self._new_id(),
-            vehicle_id=vehicle.vehicle_id,
-            power_kw=0.0,
-            timestamp_ms=timestamp_ms,
-            dispatch_id=dispatch_id,
-            signal_type=signal_type,
-            duration_s=IDLE_ORDER_DURATION_S,
-            expires_at_ms=timestamp_ms + int(IDLE_ORDER_DURATION_S * 1000),
-            gateway=vehicle.gateway,
-        )
-
-    def _revoke_orders(
-        self, request: DispatchRequest, first: Sequence[PendingOrder]
-    ) -> list[Order]:
-        """0 kW for every vehicle whose non-zero order of `first` timed out."""
-        timestamp_ms = int(self.runtime.now().timestamp() * 1000)
-        vehicles = self.fleet.vehicles
-        return [
-            self._idle_order(
-                vehicles[entry.order.vehicle_id],
-                request.dispatch_id,
-                request.signal.signal_type,
-                timestamp_ms,
-            )
-            for entry in first
-            if entry.status is OrderStatus.TIMEOUT
-            and entry.order.power_kw != 0.0
-            and entry.order.vehicle_id in vehicles
-        ]
-
-    # --- dispatch ---------------------------------------------------------------
+        """Release the setpoints whose dispatch ended (see `IdleOrders.release`)."""
+        return await self._idle.release(skip)
 
     async def dispatch(self, request: DispatchRequest) -> DispatchResult:
         """Run one dispatch to the end (or plan it, for a dry run).
@@ -315,12 +216,7 @@ class DispatchEngine:
             # Revokes leave before the fallback round. Nobody waits for their
             # acks (a silent vehicle would hold the dispatch for another ack
             # timeout): an ack, whenever it comes, ends the vehicle's setpoint.
-            revokes = await self._rounds.start(
-                flight,
-                OrderRound.REVOKE,
-                self._revoke_orders(request, first),
-                self._idle_when_acknowledged,
-            )
+            revokes = await self._idle.revoke(flight, request, first)
             second: list[PendingOrder] = []
             if request.signal.power_kw != 0.0:
                 fallback_orders = self._fallback_orders(plan, first)
@@ -579,14 +475,6 @@ def _learn(
         if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
             participants.add(outcome.vehicle_id)
     fleet.add_participation(sorted(participants))
-
-
-def _signal_type(value: str | None) -> SignalType:
-    """The signal type a setpoint was stored with (aFRR if unreadable)."""
-    try:
-        return SignalType.parse(value or "")
-    except InvalidValueError:
-        return SignalType.AFRR
 
 
 async def _yield_to_loop() -> None:
