@@ -204,16 +204,19 @@ class FleetResponder:
         *,
         default: Behaviour = "ack",
         discovery: list[tuple[str, dict[str, Any]]] | None = None,
+        idle: Behaviour | None = None,
     ) -> None:
         """Install the responder as the side effect of ``async_publish``.
 
         ``discovery`` lists the vehicles ``(id, fields)`` that answer a discovery
-        request.
+        request; ``idle``, if given, is how every vehicle answers 0 kW orders
+        (revokes, releases) instead of its behaviour.
         """
         self.hass = hass
         self.discovery = list(discovery or [])
         self.behaviours: dict[str, Behaviour] = dict(behaviours or {})
         self.default = default
+        self.idle = idle
         self.orders: list[dict[str, Any]] = []
         self.publishes: list[tuple[str, Any, int, bool]] = []
         mqtt_mock.async_publish.reset_mock()
@@ -224,6 +227,8 @@ class FleetResponder:
         return [o for o in self.orders if o["vehicle_id"] == vehicle_id]
 
     def _decide(self, order: dict[str, Any]) -> Any:
+        if self.idle is not None and order["power_kw"] == 0.0:
+            return self.idle
         behaviour = self.behaviours.get(order["vehicle_id"], self.default)
         if callable(behaviour):
             behaviour = behaviour(order)

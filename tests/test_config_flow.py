@@ -607,12 +607,14 @@ async def test_options_round_trip(
             stale_timeout=600,
             emission_factor=56,
             ack_rate_sla=95,
+            release_at_end=False,
         ),
     )
     await hass.async_block_till_done()
 
     assert result["type"] is FlowResultType.CREATE_ENTRY
     expected = {
+        "release_at_end": False,
         "strategy_FCR": "equal",
         "strategy_aFRR": "optimal",
         "strategy_MA": "segmented",

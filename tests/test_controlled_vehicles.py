@@ -424,10 +424,11 @@ async def test_power_sensor_confirms_and_unreadable_states_are_counted(
         },
     )
 
-    # The meter shows nothing usable: never confirmed.
+    # The meter shows nothing usable: never confirmed, so the order is revoked.
     response = await _dispatch(hass, 3)
-    assert _value(hass) == 3000
     assert response["vehicles"]["car"]["status"] == "timeout"
+    assert response["revoked"]["car"]["status"] in {"pending", "timeout"}
+    assert _value(hass) == 0
     diagnostics = await async_diagnostics(hass, hass_client, entry)
     assert diagnostics["dropped_input"]["entity_state_non_numeric"] >= 1
 

@@ -560,7 +560,7 @@ async def _dispatch_waiting(
     ).runtime_data
     # Not a tracked hass task: async_block_till_done must not wait for it.
     task = asyncio.create_task(
-        coordinator.async_dispatch("aFRR", 9.0, 900.0, strategy="equal")
+        coordinator.dispatcher.async_dispatch("aFRR", 9.0, 900.0, strategy="equal")
     )
     # Pending entries exist before the publish; wait until the orders are out.
     for _ in range(200):

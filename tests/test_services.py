@@ -717,7 +717,7 @@ async def test_dispatch_errors_carry_the_refused_value(
     entry = await _fleet(hass)
     responder = FleetResponder(hass, fleet_mqtt)
     with pytest.raises(ServiceValidationError) as err:
-        await entry.runtime_data.async_dispatch(*args, **kwargs)
+        await entry.runtime_data.dispatcher.async_dispatch(*args, **kwargs)
     assert err.value.translation_key == key
     assert placeholders.items() <= (err.value.translation_placeholders or {}).items()
     assert responder.command_publishes() == []

@@ -35,7 +35,8 @@ from custom_components.v2g.const import (
 
 from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
 
-# Short ack timeout; no fallback round so each vehicle has exactly one order.
+# Short ack timeout; no fallback round so each vehicle has exactly one order
+# (and the revoke of a timed-out one, acknowledged: `idle="ack"`).
 OPTIONS = {CONF_ACK_TIMEOUT: 0.1, CONF_FALLBACK: "none"}
 
 
@@ -101,7 +102,7 @@ async def test_ack_on_another_vehicles_topic_is_never_counted(
             )
         return "ignore"
 
-    FleetResponder(hass, fleet_mqtt, {"v1": spoof_v1})
+    FleetResponder(hass, fleet_mqtt, {"v1": spoof_v1}, idle="ack")
     response = await _dispatch(hass, power_kw=10)
 
     v1 = response["vehicles"]["v1"]
@@ -118,7 +119,7 @@ async def test_ack_on_another_vehicles_topic_is_never_counted(
     diagnostics = await _diagnostics(hass, hass_client)
     counters = diagnostics["ack_tracker"]["counters"]
     assert counters["vehicle_mismatch"] == 2
-    assert counters["accepted"] == 1
+    assert counters["accepted"] == 2  # v2's order and v1's revoke
     assert (
         _rejections(diagnostics)
         == [
@@ -147,7 +148,7 @@ async def test_payload_vehicle_id_cannot_redirect_an_ack(
         hass.loop.call_soon(async_fire_mqtt_message, hass, topic, payload)
         return "ignore"
 
-    FleetResponder(hass, fleet_mqtt, {"v1": wrong_payload})
+    FleetResponder(hass, fleet_mqtt, {"v1": wrong_payload}, idle="ack")
     response = await _dispatch(hass, power_kw=10)
 
     assert response["vehicles"]["v1"]["status"] == "timeout"
@@ -166,7 +167,7 @@ async def test_spoofed_ack_does_not_block_the_genuine_one(
         hass.loop.call_soon(async_fire_mqtt_message, hass, topic, payload)
         return "ack"  # the genuine ack is fired after the spoof
 
-    FleetResponder(hass, fleet_mqtt, {"v1": spoof_then_ack})
+    FleetResponder(hass, fleet_mqtt, {"v1": spoof_then_ack}, idle="ack")
     response = await _dispatch(hass, power_kw=10)
 
     assert response["status"] == "completed"
@@ -183,7 +184,7 @@ async def test_replayed_command_id_from_an_earlier_dispatch(
 ) -> None:
     """Yesterday's ack replayed during today's dispatch acknowledges nothing."""
     await _fleet(hass, ("v1", {}), ("v2", {}))
-    responder = FleetResponder(hass, fleet_mqtt)
+    responder = FleetResponder(hass, fleet_mqtt, idle="ack")
     first = await _dispatch(hass, power_kw=10)
     assert first["status"] == "completed"
     old_v1 = first["vehicles"]["v1"]["command_id"]
@@ -217,13 +218,15 @@ async def test_replayed_command_id_from_an_earlier_dispatch(
     counters = diagnostics["ack_tracker"]["counters"]
     assert counters["duplicate"] == 2
     assert counters["vehicle_mismatch"] == 1
-    assert counters["accepted"] == 2  # the first dispatch only
+    # The first dispatch's orders and the second's revokes.
+    assert counters["accepted"] == 4
     assert {(r["disposition"], r["vehicle_id"]) for r in _rejections(diagnostics)} == {
         ("duplicate", "v1"),
         ("vehicle_mismatch", "v2"),
     }
     assert hass.states.get("sensor.depot_orders_acknowledged").state == "2"
-    assert hass.states.get("sensor.v1_setpoint").state == "5.0"  # still the first
+    # The timed-out order was revoked, and the revoke acknowledged: idle.
+    assert hass.states.get("sensor.v1_setpoint").state == "0.0"
 
 
 async def test_late_ack_is_recorded_as_late_and_changes_nothing(
@@ -233,7 +236,7 @@ async def test_late_ack_is_recorded_as_late_and_changes_nothing(
 ) -> None:
     await _fleet(hass, ("v1", {}), ("v2", {}))
     events = async_capture_events(hass, EVENT_DISPATCH_COMPLETED)
-    FleetResponder(hass, fleet_mqtt, {"v1": "ignore"})
+    FleetResponder(hass, fleet_mqtt, {"v1": "ignore"}, idle="ack")
     response = await _dispatch(hass, power_kw=10)
     assert response["vehicles"]["v1"]["status"] == "timeout"
     command_id = response["vehicles"]["v1"]["command_id"]
@@ -279,7 +282,7 @@ async def test_duplicate_ack_is_ignored(
         )
         return "ack"
 
-    FleetResponder(hass, fleet_mqtt, {"v1": twice})
+    FleetResponder(hass, fleet_mqtt, {"v1": twice}, idle="ack")
     response = await _dispatch(hass, power_kw=4)
     assert response["vehicles"]["v1"]["status"] == "acknowledged"
     # And the same ack once more, after the dispatch ended.
@@ -348,6 +351,7 @@ async def test_gateway_acks_only_count_through_the_orders_gateway(
         hass,
         fleet_mqtt,
         {"g1car": spoof_through("gw2"), "g2car": "ack", "solo": spoof_through("gw1")},
+        idle="ack",
     )
     response = await _dispatch(hass, power_kw=9)
 

@@ -382,7 +382,7 @@ async def test_unexpected_error_is_500_and_counted(
     client = await hass_client_no_auth()
 
     with patch.object(
-        entry.runtime_data, "async_dispatch", side_effect=RuntimeError("bug")
+        entry.runtime_data.dispatcher, "async_dispatch", side_effect=RuntimeError("bug")
     ):
         resp = await client.post(URL, json=_signal())
 

@@ -74,6 +74,7 @@ CONF_STALE_TIMEOUT: Final = "stale_timeout"  # seconds
 CONF_EMISSION_FACTOR: Final = "emission_factor"  # gCO2/kWh, 0 = off
 CONF_ACK_RATE_SLA: Final = "ack_rate_sla"  # percent
 CONF_WEBHOOK_ENABLED: Final = "webhook_enabled"
+CONF_RELEASE_AT_END: Final = "release_at_end"
 CONF_WEBHOOK_ID: Final = "webhook_id"  # generated, kept in options
 
 PREDICTION_OFF: Final = "off"
@@ -101,6 +102,8 @@ DEFAULT_STALE_TIMEOUT: Final = 300.0
 DEFAULT_EMISSION_FACTOR: Final = 0.0
 DEFAULT_ACK_RATE_SLA: Final = 90.0
 DEFAULT_WEBHOOK_ENABLED: Final = False
+# Send 0 kW to the vehicles still holding a dispatch's setpoint when it ends.
+DEFAULT_RELEASE_AT_END: Final = True
 # Default strategy per signal type: smart, FCR optimal.
 DEFAULT_STRATEGIES: Final[dict[str, str]] = {
     "FCR": "optimal",

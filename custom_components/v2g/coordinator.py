@@ -19,7 +19,7 @@ lives in persistence.py.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -35,14 +35,7 @@ from .channels import OrderRouter, mqtt_channels
 from .const import DEFAULT_TOPICS, DISCOVERY_WINDOW_S, DOMAIN, LOGGER, TELEMETRY_PUSH
 from .dispatch_log import DispatchLogStore
 from .dispatcher import FleetDispatcher
-from .engine import (
-    DispatchEngine,
-    DispatchResult,
-    SignalType,
-    Strategy,
-    Vehicle,
-    async_run_steps,
-)
+from .engine import DispatchEngine, Vehicle, async_run_steps
 from .engine.availability import HistoryPrediction
 from .engine.snapshot import (
     FleetSnapshot,
@@ -136,6 +129,8 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             vehicle_updates=self.vehicle_updates,
             connected=lambda: self.connected,
             refresh=self.async_refresh,
+            releases_itself=self.manual.controlled.channel.returns_to_idle_itself,
+            release_at_end=self.config.release_at_end,
         )
         self.fleet_input = FleetInput(
             hass,
@@ -231,6 +226,8 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             if (stop_learning := learner.async_start()) is not None:
                 self._unsubs.append(stop_learning)
         await self.async_refresh()
+        if (stop_releasing := self.dispatcher.async_start()) is not None:
+            self._unsubs.append(stop_releasing)
         self.config_entry.async_create_background_task(
             hass,
             self.fleet_input.async_initial_discovery(self.intake.gate),
@@ -337,26 +334,6 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.soc_known.discard(vehicle_id)
         self.persistence.async_schedule_save()
         self.config_entry.async_create_task(self.hass, self.async_refresh())
-
-    async def async_dispatch(
-        self,
-        signal_type: SignalType | str,
-        power_kw: float,
-        duration_s: float,
-        *,
-        vehicle_ids: Sequence[str] | None = None,
-        strategy: Strategy | str | None = None,
-        dry_run: bool = False,
-    ) -> DispatchResult:
-        """Run one dispatch to the end and record it (`FleetDispatcher`)."""
-        return await self.dispatcher.async_dispatch(
-            signal_type,
-            power_kw,
-            duration_s,
-            vehicle_ids=vehicle_ids,
-            strategy=strategy,
-            dry_run=dry_run,
-        )
 
     async def async_discover(self) -> list[Vehicle]:
         """Broadcast a discovery request and return the vehicles that answered.

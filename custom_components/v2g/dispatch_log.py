@@ -103,6 +103,28 @@ class DispatchLogStore:
         self._add(dict(entry))
         self._writer.async_schedule(self._data_steps)
 
+    def find(self, dispatch_id: str) -> dict[str, Any] | None:
+        """The newest entry of a dispatch, if it is still held."""
+        for entry in reversed(self._entries):
+            if entry.get("dispatch_id") == dispatch_id:
+                return entry
+        return None
+
+    @callback
+    def amend(self, dispatch_id: str, fields: Mapping[str, Any]) -> bool:
+        """Merge `fields` into the newest entry of a dispatch; False if gone.
+
+        The entry is replaced, never changed in place: the writer thread may be
+        encoding the previous one.
+        """
+        entries = self._entries
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index].get("dispatch_id") == dispatch_id:
+                entries[index] = {**entries[index], **fields}
+                self._writer.async_schedule(self._data_steps)
+                return True
+        return False
+
     async def async_flush(self) -> None:
         """Write pending entries now (on unload)."""
         await self._writer.async_flush()

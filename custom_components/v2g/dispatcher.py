@@ -4,6 +4,7 @@ A dispatch is validated (dispatching.py), waits until the broker confirmed the
 answer subscriptions, is marked in flight before its first order leaves, runs in
 the engine, and is then accounted in the metrics, appended to the dispatch log
 and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event).
+When its orders end, the vehicles still holding them are released (releases.py).
 Dispatches still running when the entry unloads, or left by a stop of Home
 Assistant, are recorded as ``interrupted``.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import ATTR_CONFIG_ENTRY_ID
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
 
@@ -34,6 +35,7 @@ from .engine import (
 from .engine.metrics import DispatchMetrics
 from .intake import MqttIntake
 from .persistence import FleetPersistence
+from .releases import SetpointReleases
 from .vehicle_updates import VehicleUpdates
 
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
@@ -54,8 +56,14 @@ class FleetDispatcher:
         vehicle_updates: VehicleUpdates,
         connected: Callable[[], bool],
         refresh: Callable[[], Awaitable[None]],
+        releases_itself: Callable[[str], bool],
+        release_at_end: bool,
     ) -> None:
-        """Bind the dispatcher to the fleet's parts."""
+        """Bind the dispatcher to the fleet's parts.
+
+        `releases_itself` tells the vehicles whose channel returns them to idle
+        at the end of an order; `release_at_end` turns the releases on.
+        """
         self._hass = hass
         self._entry = entry
         self._engine = engine
@@ -67,6 +75,21 @@ class FleetDispatcher:
         self._refresh = refresh
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.releases = SetpointReleases(
+            hass,
+            entry,
+            engine,
+            dispatch_log=persistence.dispatch_log,
+            ready=self.async_ready_to_publish,
+            releases_itself=releases_itself,
+            on_released=refresh,
+        )
+        self._release_at_end = release_at_end
+
+    @callback
+    def async_start(self) -> CALLBACK_TYPE | None:
+        """Follow the ends of dispatches (release at the end, when on)."""
+        return self.releases.async_start() if self._release_at_end else None
 
     async def async_dispatch(
         self,
@@ -127,6 +150,8 @@ class FleetDispatcher:
         self._persistence.async_clear(request.dispatch_id)
         await asyncio.sleep(0)  # the engine's last step learnt from every order
         self.record_finished(result.as_response())
+        if self._release_at_end:
+            self.releases.async_schedule()
         await asyncio.sleep(0)  # 10,000 orders: two steps of ~15 ms
         self._vehicle_updates.stage_outcomes(result)
         # The new snapshot in steps of their own: recording and publishing

@@ -77,6 +77,10 @@ class EntityChannel:
         """Orders to the vehicles controlled through Home Assistant."""
         return order.vehicle_id in self._specs()
 
+    def returns_to_idle_itself(self, vehicle_id: str) -> bool:
+        """Its control returns to idle when an order ends (held_setpoints.py)."""
+        return vehicle_id in self._specs()
+
     def sends(self, orders: Sequence[Order], indexes: Sequence[int]) -> list[Send]:
         """One send per order; each starts its own task."""
         return [

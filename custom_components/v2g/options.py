@@ -25,6 +25,7 @@ from .const import (
     CONF_PREDICTION_LOOKBACK_DAYS,
     CONF_PREDICTION_PROFILE,
     CONF_QOS,
+    CONF_RELEASE_AT_END,
     CONF_SAFE_DISCHARGE_FLOOR,
     CONF_SOC_CONSTRAINTS,
     CONF_STALE_TIMEOUT,
@@ -42,6 +43,7 @@ from .const import (
     DEFAULT_PREDICTION_LOOKBACK_DAYS,
     DEFAULT_PREDICTION_PROFILE,
     DEFAULT_QOS,
+    DEFAULT_RELEASE_AT_END,
     DEFAULT_SAFE_DISCHARGE_FLOOR,
     DEFAULT_SOC_CONSTRAINTS,
     DEFAULT_STALE_TIMEOUT,
@@ -80,7 +82,7 @@ def default_options() -> dict[str, Any]:
     comma-separated percentages), ``prediction_lookback_days`` int,
     ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
     ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
-    ``webhook_enabled`` bool. ``webhook_id`` (str) is added by the options flow the
+    ``webhook_enabled`` / ``release_at_end`` bool. ``webhook_id`` (str) is added by the options flow the
     first time the webhook is enabled, so it is not part of the defaults.
     """
     options: dict[str, Any] = {
@@ -92,6 +94,7 @@ def default_options() -> dict[str, Any]:
             CONF_FALLBACK: DEFAULT_FALLBACK,
             CONF_ACK_TIMEOUT: DEFAULT_ACK_TIMEOUT,
             CONF_QOS: DEFAULT_QOS,
+            CONF_RELEASE_AT_END: DEFAULT_RELEASE_AT_END,
             CONF_MIN_SOC: DEFAULT_MIN_SOC,
             CONF_SAFE_DISCHARGE_FLOOR: DEFAULT_SAFE_DISCHARGE_FLOOR,
             CONF_SOC_CONSTRAINTS: DEFAULT_SOC_CONSTRAINTS,
@@ -180,6 +183,8 @@ class FleetOptions:
     prediction_lookback_days: int
     webhook_enabled: bool
     webhook_id: str | None
+    # Send 0 kW to vehicles still holding a setpoint when its dispatch ends.
+    release_at_end: bool
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FleetOptions:
@@ -209,6 +214,7 @@ class FleetOptions:
             prediction_lookback_days=int(values[CONF_PREDICTION_LOOKBACK_DAYS]),
             webhook_enabled=bool(values[CONF_WEBHOOK_ENABLED]),
             webhook_id=None if webhook_id is None else str(webhook_id),
+            release_at_end=bool(values[CONF_RELEASE_AT_END]),
         )
 
     @classmethod

@@ -38,6 +38,7 @@ from .const import (
     CONF_PREDICTION_LOOKBACK_DAYS,
     CONF_PREDICTION_PROFILE,
     CONF_QOS,
+    CONF_RELEASE_AT_END,
     CONF_SAFE_DISCHARGE_FLOOR,
     CONF_SOC_CONSTRAINTS,
     CONF_STALE_TIMEOUT,
@@ -85,7 +86,13 @@ SECTION_REPORTING: Final = "reporting"
 # Read-only field of the reporting section: the path of the signal webhook.
 FIELD_WEBHOOK_URL: Final = "webhook_url"
 OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
-    SECTION_DISPATCH: (*STRATEGY_KEYS, CONF_FALLBACK, CONF_ACK_TIMEOUT, CONF_QOS),
+    SECTION_DISPATCH: (
+        *STRATEGY_KEYS,
+        CONF_FALLBACK,
+        CONF_ACK_TIMEOUT,
+        CONF_QOS,
+        CONF_RELEASE_AT_END,
+    ),
     SECTION_SAFETY: (CONF_MIN_SOC, CONF_SAFE_DISCHARGE_FLOOR, CONF_SOC_CONSTRAINTS),
     SECTION_PREDICTION: (
         CONF_PREDICTION,
@@ -156,6 +163,7 @@ def _option_selectors() -> dict[str, Selector[Any]]:
             CONF_MIN_SOC: number_selector(0, 100, 1, "%"),
             CONF_SAFE_DISCHARGE_FLOOR: number_selector(0, 100, 1, "%"),
             CONF_SOC_CONSTRAINTS: BooleanSelector(),
+            CONF_RELEASE_AT_END: BooleanSelector(),
             CONF_PREDICTION: _select(PREDICTION_MODES, "prediction"),
             CONF_PREDICTION_PROFILE: TextSelector(
                 TextSelectorConfig(autocomplete="off")
@@ -231,6 +239,7 @@ def _validate_options(
         float(options[CONF_PREDICTION_LOOKBACK_DAYS])
     )
     options[CONF_SOC_CONSTRAINTS] = bool(options[CONF_SOC_CONSTRAINTS])
+    options[CONF_RELEASE_AT_END] = bool(options[CONF_RELEASE_AT_END])
     options[CONF_WEBHOOK_ENABLED] = bool(options[CONF_WEBHOOK_ENABLED])
     try:
         profile = parse_prediction_profile(str(options[CONF_PREDICTION_PROFILE]))

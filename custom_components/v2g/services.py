@@ -267,7 +267,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
         coordinator = _get_coordinator(call)
         duration: timedelta = call.data[ATTR_DURATION]
         vehicles = call.data.get(ATTR_VEHICLES)
-        result = await coordinator.async_dispatch(
+        result = await coordinator.dispatcher.async_dispatch(
             call.data[ATTR_SIGNAL_TYPE],
             call.data[ATTR_POWER_KW],
             duration.total_seconds(),

@@ -7,7 +7,7 @@ the Go mock server::
     {"signal_type": "FCR", "start_time": "2025-07-07T10:00:00Z",
      "end_time": "2025-07-07T10:15:00Z", "power": 50, "meta": {"k": "v"}}
 
-and runs one dispatch through ``V2GFleetCoordinator.async_dispatch`` to the end
+and runs one dispatch through ``FleetDispatcher.async_dispatch`` to the end
 before answering (the Go mock server was synchronous too): 200 with the dispatch
 response of the ``v2g.dispatch`` action (docs/actions.md#dispatch-response), 400 ``{"error": reason}`` for
 bad input, 413 for a body over 64 KiB, 503 when MQTT cannot take the orders.
@@ -228,7 +228,7 @@ async def async_handle_signal(
             raise _invalid("invalid JSON", "malformed") from None
         signal = parse_rte_signal(data, dt_util.utcnow())
         try:
-            result = await coordinator.async_dispatch(
+            result = await coordinator.dispatcher.async_dispatch(
                 signal.signal_type, signal.power_kw, signal.duration_s
             )
         except ServiceValidationError as err:

@@ -147,6 +147,8 @@ class FakeTransport:
     runtime: FakeRuntime
     rules: dict[str, Rule] = field(default_factory=dict)
     default: Rule = field(default_factory=Rule)
+    # How a vehicle answers 0 kW orders (revokes, releases), if not by its rule.
+    idle_rules: dict[str, Rule] = field(default_factory=dict)
     engine: DispatchEngine | None = None
     calls: list[list[Order]] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
@@ -155,6 +157,11 @@ class FakeTransport:
 
     def rule(self, vehicle_id: str) -> Rule:
         return self.rules.get(vehicle_id, self.default)
+
+    def rule_for(self, order: Order) -> Rule:
+        if order.power_kw == 0.0 and order.vehicle_id in self.idle_rules:
+            return self.idle_rules[order.vehicle_id]
+        return self.rule(order.vehicle_id)
 
     def payload(self, order: Order, rule: Rule) -> bytes:
         body: dict[str, Any] = {"command_id": order.command_id}
@@ -168,7 +175,7 @@ class FakeTransport:
 
     def deliver(self, order: Order) -> None:
         assert self.engine is not None
-        rule = self.rule(order.vehicle_id)
+        rule = self.rule_for(order)
         payload = self.payload(order, rule)
         if order.gateway:
             item = {**json.loads(payload), "vehicle_id": order.vehicle_id}
@@ -184,7 +191,7 @@ class FakeTransport:
             raise ConnectionError("broker gone")
         results: list[Exception | None] = []
         for order in orders:
-            rule = self.rule(order.vehicle_id)
+            rule = self.rule_for(order)
             attempt = self.attempts.get(order.command_id, 0)
             self.attempts[order.command_id] = attempt + 1
             if attempt < rule.publish_failures:

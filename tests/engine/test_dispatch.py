@@ -66,7 +66,9 @@ FALLBACK_KEYS = {"power_kw", "status", "latency_ms", "command_id"}
 
 def assert_design_shape(response: dict[str, object]) -> None:
     """The response has exactly the keys of docs/actions.md#dispatch-response and is JSON-safe."""
-    assert set(response) == TOP_KEYS
+    assert set(response) - {"revoked"} == TOP_KEYS
+    for item in dict(response.get("revoked", {})).values():  # type: ignore[call-overload]
+        assert set(item) == {"status", "latency_ms", "command_id"}
     signal = response["signal"]
     assert isinstance(signal, dict)
     assert set(signal) == SIGNAL_KEYS
@@ -186,8 +188,15 @@ async def test_fallback_round_is_sent_and_acknowledged() -> None:
         DispatchSettings(ack_timeout_s=2.0),
     )
     result = await harness.dispatch(30.0, strategy=Strategy.EQUAL)
-    assert [len(call) for call in harness.transport.calls] == [3, 2]
-    fallback_orders = harness.transport.calls[1]
+    # v2's order timed out: it is revoked (0 kW) before its power is re-allocated.
+    assert [len(call) for call in harness.transport.calls] == [3, 1, 2]
+    (revoke,) = harness.transport.calls[1]
+    assert (revoke.vehicle_id, revoke.power_kw) == ("v2", 0.0)
+    assert revoke.dispatch_id == result.dispatch_id
+    assert result.as_response()["revoked"] == {
+        "v2": {"status": "pending", "latency_ms": None, "command_id": revoke.command_id}
+    }
+    fallback_orders = harness.transport.calls[2]
     assert {o.vehicle_id for o in fallback_orders} == {"v1", "v3"}
     # v1 and v3 each offer (20 - 10) x SoC 0.7 = 7 kW; 10 kW residual: 5 each.
     assert {o.vehicle_id: o.power_kw for o in fallback_orders} == {
@@ -252,12 +261,15 @@ async def test_timeout_uses_one_deadline_per_round() -> None:
     assert result.status is DispatchStatus.FAILED
     assert harness.runtime.clock == pytest.approx(5.0)
     assert result.completed_at == START + timedelta(seconds=5)
-    # The late ack arrives after the dispatch: counted as late, result unchanged.
+    # Both timed-out orders were revoked; nobody waits for the revokes' acks.
+    assert set(result.revoked) == {"v1", "v2"}
+    # The late acks arrive after the dispatch: counted as late, result unchanged
+    # (v2 answers its revoke late as well).
     harness.runtime.run_all()
-    assert harness.engine.tracker.counters["late"] == 1
-    assert harness.fleet.stats["v2"].late == 1
+    assert harness.engine.tracker.counters["late"] == 2
+    assert harness.fleet.stats["v2"].late == 2
     assert harness.fleet.stats["v2"].timeouts == 1
-    assert harness.fleet.last_seen["v2"] == pytest.approx(9.0)
+    assert harness.fleet.last_seen["v2"] == pytest.approx(14.0)  # its revoke's ack
 
 
 async def test_publish_failure_after_retries() -> None:

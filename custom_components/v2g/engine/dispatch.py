@@ -1,8 +1,11 @@
 """Dispatch orchestration: eligibility -> allocation -> orders -> acks -> fallback.
 
-One dispatch runs at most two rounds of orders:
+One dispatch runs at most two rounds of orders, plus revokes:
 
 1. the allocation of the chosen strategy;
+   an order of it that timed out is *revoked* (a 0 kW order) before its power
+   is re-allocated: a vehicle that applied it and lost its ack must not hold
+   it while another vehicle takes the same power (docs/dispatch.md#revoke);
 2. a fallback round: the power that was assigned but not acknowledged (rejected,
    timed out, failed to publish, superseded, or only partly applied) is
    re-allocated (`fallback.reallocate`) to donors — eligible vehicles that either
@@ -14,6 +17,9 @@ retried with exponential backoff) and one ack deadline, run by
 `rounds.RoundRunner`. Pending entries are registered before publishing, and each
 knows its dispatch, so concurrent dispatches never mix acks; a newer order to a
 vehicle supersedes the older one. Acks arrive through `intake.AckIntake`.
+
+Setpoints that outlive their dispatch are released (`release_ended`, 0 kW
+orders) when the host asks, at their end (docs/dispatch.md#release-at-the-end).
 
 All timing goes through the injected `Runtime`; the engine reads no clock.
 """
@@ -32,6 +38,7 @@ from .codec import Order
 from .eligibility import Candidate, evaluate_eligibility
 from .fallback import reallocate
 from .fleet import FleetState
+from .idle import IdleOrders
 from .inflight import InFlight, close_record
 from .intake import AckIntake
 from .models import (
@@ -115,6 +122,7 @@ class DispatchEngine:
         self._rounds = RoundRunner(
             transport, runtime, self.tracker, lambda: self.settings
         )
+        self._idle = IdleOrders(fleet, runtime, self.tracker, self._rounds, id_factory)
 
     # --- incoming acks (see `intake`) -------------------------------------------
 
@@ -159,10 +167,24 @@ class DispatchEngine:
         record never raises: what can be read is learnt (see `close_record`).
         """
         closed = close_record(record, completed_at)
-        _learn(self.fleet, closed.answered(self.settings.order_ttl_s), completed_at)
-        return closed.response
+        response = closed.response
+        signal = response["signal"]
+        _learn(
+            self.fleet,
+            closed.answered(self.settings.order_ttl_s),
+            completed_at,
+            dispatch_id=response["dispatch_id"] or None,
+            signal_type=signal.get("type"),
+        )
+        return response
 
-    # --- dispatch ---------------------------------------------------------------
+    # --- release at the end (docs/dispatch.md#release-at-the-end) ---------------
+
+    async def release_ended(
+        self, skip: Callable[[str], bool] = lambda _vehicle_id: False
+    ) -> dict[str, list[OrderOutcome]]:
+        """Release the setpoints whose dispatch ended (see `IdleOrders.release`)."""
+        return await self._idle.release(skip)
 
     async def dispatch(self, request: DispatchRequest) -> DispatchResult:
         """Run one dispatch to the end (or plan it, for a dry run).
@@ -191,6 +213,10 @@ class DispatchEngine:
         try:
             await _yield_to_loop()
             first = await self._rounds.run(flight, OrderRound.INITIAL, plan.orders)
+            # Revokes leave before the fallback round. Nobody waits for their
+            # acks (a silent vehicle would hold the dispatch for another ack
+            # timeout): an ack, whenever it comes, ends the vehicle's setpoint.
+            revokes = await self._idle.revoke(flight, request, first)
             second: list[PendingOrder] = []
             if request.signal.power_kw != 0.0:
                 fallback_orders = self._fallback_orders(plan, first)
@@ -198,12 +224,14 @@ class DispatchEngine:
                     second = await self._rounds.run(
                         flight, OrderRound.FALLBACK, fallback_orders
                     )
+            revoked = await _outcomes(flight, OrderRound.REVOKE, revokes.entries)
             initial = await _outcomes(flight, OrderRound.INITIAL, first)
             fallback = await _outcomes(flight, OrderRound.FALLBACK, second)
             result = _result(plan, initial, fallback, self.runtime.now())
+            result.revoked = revoked
             # The outcomes of 10,000 orders and learning from them: two steps.
             await _yield_to_loop()
-            _learn(self.fleet, result.outcomes, result.completed_at)
+            _learn(self.fleet, result.outcomes, result.completed_at, request)
         finally:
             del self._inflight[request.dispatch_id]
             # Until here the dispatch is listed in flight: a stop of Home
@@ -211,7 +239,8 @@ class DispatchEngine:
             # Only does something if this task was cancelled mid-way.
             self.tracker.forget(
                 entry.order.command_id
-                for entries in flight.rounds.values()
+                for round_name, entries in flight.rounds.items()
+                if round_name is not OrderRound.REVOKE
                 for entry in entries
                 if entry.status is OrderStatus.PENDING
             )
@@ -419,9 +448,18 @@ def _result(
 
 
 def _learn(
-    fleet: FleetState, outcomes: Iterable[OrderOutcome], completed_at: datetime
+    fleet: FleetState,
+    outcomes: Iterable[OrderOutcome],
+    completed_at: datetime,
+    request: DispatchRequest | None = None,
+    *,
+    dispatch_id: str | None = None,
+    signal_type: str | None = None,
 ) -> None:
     """Teach the fleet the final status of each order, and who took part."""
+    if request is not None:
+        dispatch_id = request.dispatch_id
+        signal_type = request.signal.signal_type.value
     participants: set[str] = set()
     for outcome in outcomes:
         fleet.record_outcome(
@@ -431,6 +469,8 @@ def _learn(
             outcome.latency_ms,
             outcome.resolved_at or completed_at,
             expires_at=outcome.expires_at,
+            dispatch_id=dispatch_id,
+            signal_type=signal_type,
         )
         if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
             participants.add(outcome.vehicle_id)

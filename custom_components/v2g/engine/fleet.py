@@ -12,6 +12,9 @@ bounded to [0.1, 1.0] and starting at 1.0.
 
 A setpoint holds from its ack until it is replaced or its order expires. Energy is
 integrated lazily: when the setpoint changes and when `accrue(now)` is called.
+A setpoint that expired stays *unreleased* until the host sent the vehicle its
+release (a 0 kW order, docs/dispatch.md#release-at-the-end) or a newer order
+replaced it: a vehicle that ignores `expires_at` would otherwise keep it.
 """
 
 from __future__ import annotations
@@ -129,6 +132,9 @@ class Setpoint:
     since: datetime
     expires_at: datetime | None
     accrued_until: datetime
+    # The dispatch whose order set it (None: stored before releases existed).
+    dispatch_id: str | None = None
+    signal_type: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict."""
@@ -139,6 +145,8 @@ class Setpoint:
             if self.expires_at is None
             else isoformat_utc(self.expires_at),
             "accrued_until": isoformat_utc(self.accrued_until),
+            "dispatch_id": self.dispatch_id,
+            "signal_type": self.signal_type,
         }
 
     @classmethod
@@ -150,6 +158,8 @@ class Setpoint:
             _parse_time(data["since"]),
             None if expires is None else _parse_time(expires),
             _parse_time(data["accrued_until"]),
+            _optional_text(data.get("dispatch_id")),
+            _optional_text(data.get("signal_type")),
         )
 
 
@@ -163,6 +173,8 @@ class EnergyLedger:
     def __init__(self) -> None:
         """Start with no setpoint and no energy."""
         self.setpoints: dict[str, Setpoint] = {}
+        # Expired setpoints of a dispatch whose vehicle was not sent its release.
+        self.unreleased: dict[str, Setpoint] = {}
         self.discharged_kwh: dict[str, float] = {}
         self.charged_kwh: dict[str, float] = {}
 
@@ -172,6 +184,8 @@ class EnergyLedger:
         power_kw: float,
         at: datetime,
         expires_at: datetime | None,
+        dispatch_id: str | None = None,
+        signal_type: str | None = None,
     ) -> None:
         """Hold an acknowledged setpoint from `at` (an older one is ignored)."""
         current = self.setpoints.get(vehicle_id)
@@ -179,10 +193,14 @@ class EnergyLedger:
             if at < current.since:
                 return
             self._accrue_one(vehicle_id, current, at)
+        # A newer order replaces what the vehicle held: nothing left to release.
+        self.unreleased.pop(vehicle_id, None)
         if power_kw == 0.0:
             self.setpoints.pop(vehicle_id, None)
             return
-        self.setpoints[vehicle_id] = Setpoint(power_kw, at, expires_at, at)
+        self.setpoints[vehicle_id] = Setpoint(
+            power_kw, at, expires_at, at, dispatch_id, signal_type
+        )
 
     def accrue(self, now: datetime) -> None:
         """Integrate every setpoint up to `now`; drop the ones that expired."""
@@ -192,11 +210,18 @@ class EnergyLedger:
             if setpoint.expires_at is not None and setpoint.expires_at <= now:
                 expired.append(vehicle_id)
         for vehicle_id in expired:
-            del self.setpoints[vehicle_id]
+            setpoint = self.setpoints.pop(vehicle_id)
+            if setpoint.dispatch_id is not None:
+                self.unreleased[vehicle_id] = setpoint
 
     def forget(self, vehicle_id: str) -> None:
         """Drop a vehicle's setpoint and energy."""
-        for table in (self.setpoints, self.discharged_kwh, self.charged_kwh):
+        for table in (
+            self.setpoints,
+            self.unreleased,
+            self.discharged_kwh,
+            self.charged_kwh,
+        ):
             table.pop(vehicle_id, None)
 
     def _accrue_one(self, vehicle_id: str, setpoint: Setpoint, now: datetime) -> None:
@@ -220,6 +245,10 @@ class EnergyLedger:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _optional_text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _parse_time(value: Any) -> datetime:
@@ -341,6 +370,8 @@ class FleetState:
         at: datetime,
         *,
         expires_at: datetime | None = None,
+        dispatch_id: str | None = None,
+        signal_type: str | None = None,
     ) -> None:
         """Learn from one order's final status.
 
@@ -353,6 +384,8 @@ class FleetState:
                 from then. An outcome older than the current setpoint does not
                 replace it (concurrent dispatches may finish out of order).
             expires_at: when an acknowledged setpoint lapses.
+            dispatch_id: the order's dispatch (its release names it).
+            signal_type: the order's signal type (its release carries it).
         """
         if vehicle_id not in self.vehicles:
             return
@@ -368,7 +401,9 @@ class FleetState:
                 max(updated, RELIABILITY_MIN), RELIABILITY_MAX
             )
         if status is OrderStatus.ACKNOWLEDGED:
-            self._energy.hold(vehicle_id, power_kw, at, expires_at)
+            self._energy.hold(
+                vehicle_id, power_kw, at, expires_at, dispatch_id, signal_type
+            )
 
     def record_late(self, vehicle_id: str) -> None:
         """Count a late ack (the order's result stays unchanged)."""
@@ -386,6 +421,33 @@ class FleetState:
     def setpoint(self, vehicle_id: str) -> Setpoint | None:
         """The current setpoint record of a vehicle, if any."""
         return self._energy.setpoints.get(vehicle_id)
+
+    def hold_idle(self, vehicle_id: str, at: datetime) -> None:
+        """The vehicle acknowledged 0 kW outside a dispatch (a release or revoke).
+
+        Its setpoint ends at `at`; its ack statistics are left alone.
+        """
+        if vehicle_id in self.vehicles:
+            self._energy.hold(vehicle_id, 0.0, at, None)
+
+    def unreleased(self) -> dict[str, Setpoint]:
+        """Expired setpoints whose vehicles were not sent their release yet."""
+        return dict(self._energy.unreleased)
+
+    def release_sent(self, vehicle_id: str) -> None:
+        """The release of a vehicle's expired setpoint was acknowledged."""
+        self._energy.unreleased.pop(vehicle_id, None)
+
+    def next_expiry(self) -> datetime | None:
+        """When the next setpoint of a dispatch expires (None: none held)."""
+        return min(
+            (
+                sp.expires_at
+                for sp in self._energy.setpoints.values()
+                if sp.expires_at is not None and sp.dispatch_id is not None
+            ),
+            default=None,
+        )
 
     @property
     def energy_discharged_kwh(self) -> dict[str, float]:
@@ -421,6 +483,7 @@ class FleetState:
         for setpoint_chunk in chunks(list(self._energy.setpoints.items())):
             setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
             yield
+        unreleased = {vid: sp.as_dict() for vid, sp in self._energy.unreleased.items()}
         stats: dict[str, Any] = {}
         for stats_chunk in chunks(list(self.stats.items())):
             stats.update((vid, st.as_dict()) for vid, st in stats_chunk)
@@ -429,6 +492,7 @@ class FleetState:
             "version": STATE_VERSION,
             "vehicles": vehicles,
             "setpoints": setpoints,
+            "unreleased": unreleased,
             "participation": dict(self.participation),
             "reliability": dict(self._reliability),
             "stats": stats,
@@ -465,6 +529,9 @@ class FleetState:
             for vid, item in data.get("setpoints", {}).items():
                 if vid in known:
                     energy.setpoints[vid] = Setpoint.from_dict(item)
+            for vid, item in data.get("unreleased", {}).items():
+                if vid in known:
+                    energy.unreleased[vid] = Setpoint.from_dict(item)
             fleet.participation = {
                 vid: int(n)
                 for vid, n in data.get("participation", {}).items()

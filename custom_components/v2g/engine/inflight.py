@@ -47,7 +47,11 @@ PHASE_PUBLISHING = "publishing"
 PHASE_WAITING = "waiting"
 PHASE_FALLBACK = "fallback"
 
-_SECTIONS = {OrderRound.INITIAL: "vehicles", OrderRound.FALLBACK: "fallback"}
+_SECTIONS = {
+    OrderRound.INITIAL: "vehicles",
+    OrderRound.FALLBACK: "fallback",
+    OrderRound.REVOKE: "revoked",
+}
 _ANSWERED = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED})
 # Statuses an order can end with; any other is closed as `timeout`.
 _FINAL = frozenset(OrderStatus) - {OrderStatus.PENDING, OrderStatus.PLANNED}
@@ -204,9 +208,10 @@ def close_record(record: object, completed_at: datetime) -> ClosedRecord:
     """
     data: Mapping[Any, Any] = record if isinstance(record, Mapping) else {}
     readable: list[OrderOutcome] = []
+    # A revoke round teaches nothing about a vehicle: its orders are not read.
     rounds = {
-        round_name: _read_orders(data.get(section), round_name, readable)
-        for round_name, section in _SECTIONS.items()
+        round_name: _read_orders(data.get(_SECTIONS[round_name]), round_name, readable)
+        for round_name in (OrderRound.INITIAL, OrderRound.FALLBACK)
     }
     signal = data.get("signal")
     signal = signal if isinstance(signal, Mapping) else {}

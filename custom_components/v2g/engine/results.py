@@ -59,6 +59,10 @@ class OrderRound(StrEnum):
 
     INITIAL = "initial"
     FALLBACK = "fallback"
+    # 0 kW to a vehicle whose order timed out, before its power is re-allocated.
+    REVOKE = "revoke"
+    # 0 kW to a vehicle whose setpoint outlived its dispatch's end.
+    RELEASE = "release"
 
 
 @dataclass(slots=True)
@@ -86,6 +90,14 @@ class OrderOutcome:
             "command_id": self.command_id,
             "reason": self.reason,
             "score": round_score(self.score),
+        }
+
+    def as_revoke_response(self) -> dict[str, Any]:
+        """The `revoked.<id>` object of the response (a 0 kW order)."""
+        return {
+            "status": self.status.value,
+            "latency_ms": round_ms(self.latency_ms),
+            "command_id": self.command_id,
         }
 
     def as_fallback_response(self) -> dict[str, Any]:
@@ -217,6 +229,8 @@ class DispatchResult:
     shortfall_kw: float = 0.0
     orders_published: int = 0
     orders_acknowledged: int = 0
+    # Timed-out orders revoked (0 kW) before their power was re-allocated.
+    revoked: dict[str, OrderOutcome] = field(default_factory=dict)
 
     @property
     def outcomes(self) -> list[OrderOutcome]:
@@ -224,8 +238,11 @@ class DispatchResult:
         return [*self.vehicles.values(), *self.fallback.values()]
 
     def as_response(self) -> dict[str, Any]:
-        """Return exactly the documented response (JSON-safe, rounded)."""
-        return dispatch_response(
+        """Return exactly the documented response (JSON-safe, rounded).
+
+        `revoked` is present only when an order was revoked.
+        """
+        response = dispatch_response(
             dispatch_id=self.dispatch_id,
             status=self.status,
             signal=self.signal.as_dict(),
@@ -240,3 +257,8 @@ class DispatchResult:
             started_at=isoformat_utc(self.started_at),
             completed_at=self.completed_at,
         )
+        if self.revoked:
+            response["revoked"] = {
+                vid: o.as_revoke_response() for vid, o in self.revoked.items()
+            }
+        return response

@@ -16,20 +16,34 @@ from .acks import AckTracker, PendingOrder
 from .codec import Order
 from .inflight import PHASE_FALLBACK, PHASE_PUBLISHING, PHASE_WAITING, InFlight
 from .models import OrderStatus
-from .ports import OrderTransport, Runtime
+from .ports import Cancellable, OrderTransport, Runtime
 from .results import OrderRound
 from .settings import DispatchSettings
 
 
-class _RoundAcks:
-    """Ack bookkeeping of one round: resolves its future when nothing is pending."""
+class StartedRound:
+    """A published round: resolves its future when nothing is pending."""
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[None],
+        flight: InFlight | None,
+        round_name: OrderRound,
+        on_resolved: Callable[[PendingOrder], None] | None = None,
+    ) -> None:
+        """Start the bookkeeping of one round (see `RoundRunner.start`)."""
         self.future = future
+        self.flight = flight
+        self.round_name = round_name
+        self.on_resolved = on_resolved
         self.outstanding = 0
         self.entries: list[PendingOrder] = []
+        self.deadline: Cancellable | None = None
 
     def order_resolved(self, entry: PendingOrder) -> None:
+        """Count one answered (or expired) order of the round."""
+        if self.on_resolved is not None:
+            self.on_resolved(entry)
         self.outstanding -= 1
         if self.outstanding <= 0 and not self.future.done():
             self.future.set_result(None)
@@ -61,14 +75,29 @@ class RoundRunner:
 
     async def run(
         self,
-        flight: InFlight,
+        flight: InFlight | None,
         round_name: OrderRound,
         orders: Sequence[Order],
     ) -> list[PendingOrder]:
         """Register, publish (with retries) and wait for the acks of one round."""
+        return await self.wait(await self.start(flight, round_name, orders))
+
+    async def start(
+        self,
+        flight: InFlight | None,
+        round_name: OrderRound,
+        orders: Sequence[Order],
+        on_resolved: Callable[[PendingOrder], None] | None = None,
+    ) -> StartedRound:
+        """Register and publish (with retries) one round; `wait` for its acks.
+
+        `flight` is None for orders outside a dispatch (releases at the end).
+        `on_resolved` is called with each order when it is answered or expires,
+        whether or not anybody waits for the round.
+        """
         runtime = self.runtime
         tracker = self.tracker
-        rnd = _RoundAcks(runtime.create_future())
+        rnd = StartedRound(runtime.create_future(), flight, round_name, on_resolved)
         registered_at = runtime.monotonic()
         for order in orders:
             tracker.register(order, registered_at, rnd)
@@ -76,8 +105,9 @@ class RoundRunner:
             assert entry is not None
             rnd.entries.append(entry)
         rnd.outstanding = len(rnd.entries)
-        flight.rounds[round_name] = rnd.entries
-        flight.phase = PHASE_PUBLISHING
+        if flight is not None:
+            flight.rounds[round_name] = rnd.entries
+            flight.phase = PHASE_PUBLISHING
 
         to_publish = list(orders)
         attempt = 0
@@ -108,22 +138,30 @@ class RoundRunner:
                 for order, _ in failed
                 if tracker.pending(order.command_id) is not None
             ]
-
         if rnd.outstanding > 0:
-            flight.phase = (
-                PHASE_WAITING if round_name is OrderRound.INITIAL else PHASE_FALLBACK
-            )
             command_ids = [entry.order.command_id for entry in rnd.entries]
 
             def deadline() -> None:
                 # One timer per round, not per order: 10,000 orders, one wake-up.
                 tracker.expire(command_ids, runtime.monotonic())
 
-            handle = runtime.call_later(self._settings().ack_timeout_s, deadline)
+            rnd.deadline = runtime.call_later(self._settings().ack_timeout_s, deadline)
+        return rnd
+
+    async def wait(self, rnd: StartedRound) -> list[PendingOrder]:
+        """Wait until every order of a started round is answered or timed out."""
+        if rnd.outstanding > 0:
+            if rnd.flight is not None and rnd.round_name is not OrderRound.REVOKE:
+                rnd.flight.phase = (
+                    PHASE_WAITING
+                    if rnd.round_name is OrderRound.INITIAL
+                    else PHASE_FALLBACK
+                )
             try:
                 await rnd.future
             finally:
-                handle.cancel()
+                if rnd.deadline is not None:
+                    rnd.deadline.cancel()
         return rnd.entries
 
     async def _publish(self, orders: Sequence[Order]) -> list[Exception | None]:
