@@ -15,6 +15,14 @@ hass process every 30 s, and at the end reads the integration's diagnostics,
 stops hass and greps its log for ``ERROR`` and ``Traceback``. The summary goes to
 ``<output>/soak.json`` and ``<output>/soak.md``.
 
+Delivered vs acknowledged: when a dispatch has answered, the soak polls the
+vehicles that got an order in it (either round) and have had no newer order
+since (a tap on the command topic tells) for telemetry on their own request
+topic, and compares the ``power_kw`` they really apply with the power their
+acknowledged orders of that dispatch set (0 for an order not acknowledged). ``--simulator-args=...`` passes extra
+options to the simulator (e.g. ``--apply-dropped --ignore-expiry``) to watch the
+gap the Go vehicles' behaviours open.
+
     scripts/soak                 # 30 minutes
     scripts/soak --minutes 1     # smoke run
 """
@@ -32,6 +40,7 @@ import math
 import os
 from pathlib import Path
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -41,12 +50,19 @@ import time
 from typing import Any
 
 import aiohttp
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devtools.hass_instance import REPO_ROOT, HassError, HassInstance
 from tests.mqtt_broker import MosquittoBroker
 
 DEFAULT_OUTPUT = REPO_ROOT / "test-output" / "soak"
 CALL_TIMEOUT_S = 120.0
+SAMPLE_TIMEOUT_S = 2.0
+# A dispatch "delivers" when |delivered - acknowledged| <= max(10 %, 1 kW), the
+# integration's default delivery tolerance.
+DELIVERY_TOLERANCE_PCT = 0.10
+DELIVERY_TOLERANCE_KW = 1.0
 
 
 # --- a websocket client that runs many calls at once -----------------------------
@@ -114,6 +130,76 @@ class ConcurrentWs:
                 await self._reader
         if self._session is not None:
             await self._session.close()
+
+
+# --- the fleet's real power, read through telemetry polls --------------------------
+
+
+class PowerSampler:
+    """Polls vehicles for telemetry on their own request topic; reads ``power_kw``.
+
+    Home Assistant does not subscribe to the poll answers in push mode, so the
+    samples do not disturb it. The paho client runs its own thread; the answers
+    are kept with their arrival time, and a sample waits for answers newer than
+    its own polls. It also taps the command topic: the dispatch of each
+    vehicle's latest order.
+    """
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        """Prepare (not connect) a client for ``broker``."""
+        self._broker = broker
+        self._latest: dict[str, tuple[float, float]] = {}
+        self._ordered_by: dict[str, str | None] = {}
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"soak-sampler-{os.getpid()}"
+        )
+        client.on_message = self._on_message
+        self._client = client
+
+    def start(self) -> None:
+        """Connect and subscribe to the telemetry answers."""
+        self._client.connect(self._broker.host, self._broker.port, keepalive=30)
+        self._client.subscribe(
+            [("v2g/telemetry/response/+", 0), ("vehicle/+/command", 0)]
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        topic = str(msg.topic)
+        try:
+            body = json.loads(msg.payload)
+            if topic.startswith("vehicle/"):
+                self._ordered_by[topic.split("/")[1]] = body.get("dispatch_id")
+                return
+            power = float(body["power_kw"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        self._latest[topic.rsplit("/", 1)[-1]] = (time.monotonic(), power)
+
+    def still_held(self, dispatch_id: str, vehicle_ids: list[str]) -> list[str]:
+        """The vehicles whose latest order on the wire is from this dispatch."""
+        return [vid for vid in vehicle_ids if self._ordered_by.get(vid) == dispatch_id]
+
+    async def sample(self, vehicle_ids: list[str]) -> dict[str, float]:
+        """Real power of the vehicles that answered a poll sent now."""
+        asked = time.monotonic()
+        for vehicle_id in vehicle_ids:
+            self._client.publish(f"v2g/telemetry/request/{vehicle_id}", b"poll", qos=0)
+        deadline = asked + SAMPLE_TIMEOUT_S
+        while True:
+            fresh = {
+                vid: sample[1]
+                for vid in vehicle_ids
+                if (sample := self._latest.get(vid)) is not None and sample[0] >= asked
+            }
+            if len(fresh) == len(vehicle_ids) or time.monotonic() > deadline:
+                return fresh
+            await asyncio.sleep(0.02)
 
 
 # --- optional memory probe (--trace-memory) --------------------------------------
@@ -279,6 +365,45 @@ class SoakResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
     simulator_stats: dict[str, Any] = field(default_factory=dict)
+    # Per sampled dispatch, over the vehicles still holding its orders and
+    # measured: (requested, acknowledged, delivered kW, vehicles held, measured).
+    deliveries: list[tuple[float, float, float, int, int]] = field(default_factory=list)
+    reordered_before_sample: int = 0
+
+    def delivery_summary(self) -> dict[str, Any]:
+        """Delivered (sampled real power) vs acknowledged, over the dispatches."""
+        samples = self.deliveries
+        acknowledged = sum(abs(ack) for _, ack, _, _, _ in samples)
+        # Signed like each dispatch's request, so a wrong-way vehicle counts less.
+        delivered = sum(
+            math.copysign(1.0, req) * got for req, _, got, _, _ in samples if req
+        )
+        off = [
+            got - ack
+            for _, ack, got, _, _ in samples
+            if abs(got - ack)
+            > max(DELIVERY_TOLERANCE_PCT * abs(ack), DELIVERY_TOLERANCE_KW)
+        ]
+        ratios = [got / ack for _, ack, got, _, _ in samples if ack]
+        return {
+            "sampled_dispatches": len(samples),
+            "acknowledged_kw_sum": round(acknowledged, 1),
+            "delivered_kw_sum": round(delivered, 1),
+            "delivery_ratio": _round(
+                delivered / acknowledged if acknowledged else None
+            ),
+            "ratio_p5": _round(percentile(ratios, 0.05)),
+            "ratio_p50": _round(percentile(ratios, 0.5)),
+            "ratio_p95": _round(percentile(ratios, 0.95)),
+            "dispatches_off_tolerance": len(off),
+            "max_gap_kw": _round(max(off, key=abs) if off else 0.0, 1),
+            "vehicles_unmeasured": sum(n - m for _, _, _, n, m in samples),
+            "vehicles_reordered_before_sample": self.reordered_before_sample,
+            "samples": [
+                [round(req, 1), round(ack, 1), round(got, 1), held, measured]
+                for req, ack, got, held, measured in samples
+            ],
+        }
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe summary."""
@@ -309,6 +434,7 @@ class SoakResult:
                     statistics.fmean(self.ack_rates) if self.ack_rates else None
                 ),
             },
+            "delivery": self.delivery_summary(),
             "rss_mib": {
                 "start": _round(rss_values[0] if rss_values else None),
                 "peak": _round(max(rss_values) if rss_values else None),
@@ -359,6 +485,7 @@ def start_simulator(
         "--stats-file",
         str(workdir / "simulator-stats.json"),
         "-v",
+        *shlex.split(args.simulator_args),
     ]
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
@@ -379,12 +506,14 @@ async def wait_for_entry(hass: HassInstance, domain: str, timeout: float) -> str
         await asyncio.sleep(0.5)
 
 
-def record_answer(result: SoakResult, index: int, msg: dict[str, Any]) -> None:
-    """Account one answered (or refused) dispatch call."""
+def record_answer(
+    result: SoakResult, index: int, msg: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Account one answered (or refused) dispatch call; return its response."""
     if not msg.get("success"):
         result.dispatch_errors.append(f"#{index}: {msg.get('error')}")
-        return
-    response = msg["result"]["response"]
+        return None
+    response: dict[str, Any] = msg["result"]["response"]
     result.dispatches_answered += 1
     result.statuses[response["status"]] += 1
     if response.get("ack_rate") is not None:
@@ -392,6 +521,53 @@ def record_answer(result: SoakResult, index: int, msg: dict[str, Any]) -> None:
     for section in ("vehicles", "fallback"):
         for order in response.get(section, {}).values():
             result.order_statuses[f"{section}:{order['status']}"] += 1
+    return response
+
+
+def confirmed_kw(response: dict[str, Any]) -> dict[str, float]:
+    """Per ordered vehicle, the power its acknowledged orders of a dispatch set.
+
+    A fallback order that is acknowledged replaces the first-round one; a first
+    order not acknowledged counts 0.
+    """
+    confirmed: dict[str, float] = {}
+    for vehicle_id, order in response.get("vehicles", {}).items():
+        acknowledged = order["status"] == "acknowledged"
+        confirmed[vehicle_id] = float(order["power_kw"]) if acknowledged else 0.0
+    for vehicle_id, order in response.get("fallback", {}).items():
+        if order["status"] == "acknowledged":
+            confirmed[vehicle_id] = float(order["power_kw"])
+        else:
+            confirmed.setdefault(vehicle_id, 0.0)
+    return confirmed
+
+
+async def record_delivery(
+    result: SoakResult, sampler: PowerSampler, response: dict[str, Any]
+) -> None:
+    """Sample the real power of the vehicles still holding a dispatch's orders."""
+    confirmed = confirmed_kw(response)
+    held = sampler.still_held(response["dispatch_id"], sorted(confirmed))
+    result.reordered_before_sample += len(confirmed) - len(held)
+    if not held:
+        return
+    powers = await sampler.sample(held)
+    # An order of a later dispatch may have crossed the poll: leave its vehicle out.
+    kept = sampler.still_held(response["dispatch_id"], list(powers))
+    result.reordered_before_sample += len(powers) - len(kept)
+    held = [vid for vid in held if vid in kept or vid not in powers]
+    powers = {vid: powers[vid] for vid in kept}
+    if not held:
+        return
+    result.deliveries.append(
+        (
+            float(response["requested_kw"]),
+            math.fsum(confirmed[vid] for vid in powers),
+            math.fsum(powers.values()),
+            len(held),
+            len(powers),
+        )
+    )
 
 
 async def dispatch_once(
@@ -401,6 +577,7 @@ async def dispatch_once(
     result: SoakResult,
     index: int,
     power: float,
+    sampler: PowerSampler,
 ) -> None:
     """Call v2g.dispatch once and account its answer."""
     loop = asyncio.get_running_loop()
@@ -423,7 +600,9 @@ async def dispatch_once(
         result.dispatch_errors.append(f"#{index}: {type(err).__name__} {err}")
         return
     result.call_latencies_s.append(loop.time() - sent)
-    record_answer(result, index, msg)
+    response = record_answer(result, index, msg)
+    if response is not None:
+        await record_delivery(result, sampler, response)
 
 
 async def dispatch_loop(
@@ -432,6 +611,7 @@ async def dispatch_loop(
     args: argparse.Namespace,
     result: SoakResult,
     hass_pid: int | None,
+    sampler: PowerSampler,
 ) -> None:
     """Dispatch every ``args.interval`` s and sample RSS every ``args.rss_every`` s."""
     rng = random.Random(args.seed)
@@ -460,7 +640,7 @@ async def dispatch_loop(
         sign = 1.0 if index % 2 == 0 else -1.0
         power = sign * round(rng.uniform(args.min_kw, args.max_kw), 1)
         task = asyncio.create_task(
-            dispatch_once(ws, entry_id, args, result, index, power)
+            dispatch_once(ws, entry_id, args, result, index, power, sampler)
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -553,7 +733,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert hass.token is not None
         ws = ConcurrentWs(hass.url, hass.token)
         await ws.connect()
-        await dispatch_loop(ws, entry_id, args, result, hass.pid)
+        sampler = PowerSampler(broker)
+        sampler.start()
+        try:
+            await dispatch_loop(ws, entry_id, args, result, hass.pid, sampler)
+        finally:
+            sampler.stop()
         try:
             result.diagnostics = await fetch_diagnostics(hass, ws, entry_id)
         except (HassError, aiohttp.ClientError, KeyError) as err:
@@ -589,6 +774,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(summary: dict[str, Any]) -> str:
     """A short human summary of the soak."""
     d = summary["dispatches"]
+    delivery = summary["delivery"]
     rss = summary["rss_mib"]
     cfg = summary["config"]
     log = summary["hass_log"]
@@ -603,7 +789,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- fleet: {summary['vehicles_discovered']} vehicles (simulator, shared "
         f"connection, telemetry every {cfg['telemetry_interval']} s, ack latency "
         f"{cfg['ack_latency']} s + up to {cfg['ack_jitter']} s, drop rate "
-        f"{cfg['drop_rate']})",
+        f"{cfg['drop_rate']}; extra simulator options: "
+        f"{cfg['simulator_args'] or 'none'})",
         f"- dispatches: aFRR every {cfg['interval']} s, ±{cfg['min_kw']}–"
         f"{cfg['max_kw']} kW alternating; {d['sent']} sent, {d['answered']} "
         f"answered, {d['errors']} errors; statuses: {statuses}",
@@ -611,6 +798,15 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- call latency p50 {lat['p50']} s, p95 {lat['p95']} s, max {lat['max']} s; "
         f"late starts {d['late_starts']} (max lag {d['max_start_lag_s']} s); "
         f"mean ack rate {d['mean_ack_rate']}",
+        f"- delivered vs acknowledged ({delivery['sampled_dispatches']} dispatches "
+        f"sampled by telemetry poll): {delivery['delivered_kw_sum']} of "
+        f"{delivery['acknowledged_kw_sum']} kW (ratio {delivery['delivery_ratio']}; "
+        f"per dispatch p5 {delivery['ratio_p5']}, p50 {delivery['ratio_p50']}, "
+        f"p95 {delivery['ratio_p95']}); {delivery['dispatches_off_tolerance']} "
+        f"dispatches off by more than max(10 %, 1 kW), largest gap "
+        f"{delivery['max_gap_kw']} kW; {delivery['vehicles_unmeasured']} ordered "
+        "vehicles did not answer the poll, "
+        f"{delivery['vehicles_reordered_before_sample']} were re-ordered before it",
         f"- hass RSS: start {rss['start']} MiB, peak {rss['peak']} MiB, end "
         f"{rss['end']} MiB; slope after warm-up "
         f"{rss['slope_after_warmup_mib_per_h']} MiB/h",
@@ -639,6 +835,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ack-latency", type=float, default=0.05)
     parser.add_argument("--ack-jitter", type=float, default=0.1)
     parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--simulator-args",
+        default="",
+        help='extra simulator options, with "=": --simulator-args="--apply-dropped"',
+    )
     parser.add_argument("--rss-every", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import (
     BATTERY_PROFILES,
+    BEHAVIOUR_FIELDS,
     CONNECTION_MODES,
     ConfigError,
     SimulatorConfig,
@@ -25,6 +26,7 @@ from .config import (
     load_departures,
     parse_broker,
     parse_duration,
+    parse_override,
 )
 from .core import FleetSimulator, SimulatorError
 
@@ -131,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     acks.add_argument(
         "--ack-jitter", type=_duration, default=0.0, help="extra uniform 0..jitter"
     )
-    acks.add_argument("--drop-rate", type=float, default=0.0, help="0..1, no ack")
+    acks.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        help="0..1: the order is lost with its ack (see --apply-dropped)",
+    )
     acks.add_argument(
         "--clock-offset",
         type=float,
@@ -143,6 +150,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(acks, "--ack-all", "ack every order as Go did, even refused ones")
     _flag(acks, "--minimal-acks", 'accepted acks are just {"command_id"} (Go)')
+
+    quirks = parser.add_argument_group(
+        "Go vehicle behaviours (delivery faults: acknowledged is not delivered)"
+    )
+    _flag(
+        quirks,
+        "--apply-dropped",
+        "with --drop-rate: a dropped order is applied, only its ack is lost "
+        "(default: lost with its ack, never applied)",
+    )
+    _flag(
+        quirks,
+        "--refuse-over-limit-ack",
+        "ack an order beyond the charge/discharge limit with the Go ack but keep "
+        "the previous power (default: reject it with exceeds_*)",
+    )
+    _flag(
+        quirks,
+        "--ignore-expiry",
+        "ignore expires_at and duration_s: act on late orders and hold a setpoint "
+        "until the next order (default: back to 0 kW at expiry)",
+    )
+    _flag(
+        quirks,
+        "--inverted-charging-flag",
+        "telemetry charging = power_kw > 0, true while discharging (Go)",
+    )
+    quirks.add_argument(
+        "--announce-charge-rate",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="discovery answers carry ChargeRate (default true; Go has none)",
+    )
+    quirks.add_argument(
+        "--no-announce-charge-rate",
+        dest="announce_charge_rate",
+        action="store_false",
+        help="leave ChargeRate out of discovery answers (Go)",
+    )
+    quirks.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="ID:FIELD=VALUE[,...]",
+        help="per-vehicle behaviour, repeatable, e.g. veh002:drop_rate=1,"
+        f"apply_dropped=true; fields: {', '.join(BEHAVIOUR_FIELDS)}",
+    )
 
     fail = parser.add_argument_group("availability")
     fail.add_argument(
@@ -220,6 +276,14 @@ def _topics(args: argparse.Namespace) -> TopicConfig:
     return replace(TopicConfig(), **values)
 
 
+def _overrides(items: list[str]) -> dict[str, dict[str, float | bool]]:
+    overrides: dict[str, dict[str, float | bool]] = {}
+    for item in items:
+        vehicle_id, values = parse_override(item)
+        overrides.setdefault(vehicle_id, {}).update(values)
+    return overrides
+
+
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """Build and validate a `SimulatorConfig` from parsed options."""
     host, port = parse_broker(args.broker)
@@ -260,6 +324,12 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         reject_rate=args.reject_rate,
         ack_all=args.ack_all,
         minimal_acks=args.minimal_acks,
+        apply_dropped=args.apply_dropped,
+        refuse_over_limit_ack=args.refuse_over_limit_ack,
+        ignore_expiry=args.ignore_expiry,
+        inverted_charging_flag=args.inverted_charging_flag,
+        announce_charge_rate=args.announce_charge_rate,
+        vehicle_overrides=_overrides(args.override),
         disconnect_rate=args.disconnect_rate,
         availability_interval=args.availability_interval,
         availability=availability,

@@ -194,7 +194,7 @@ def vehicle_obj(
     vehicle_id: str,
     soc: float,
     max_power_kw: float,
-    charge_rate_kw: float,
+    charge_rate_kw: float | None,
     battery_kwh: float,
     available: bool,
     charging: bool,
@@ -210,7 +210,8 @@ def vehicle_obj(
     """Build the Go-cased vehicle JSON of a discovery answer.
 
     `MaxPower` is the discharge limit and `ChargeRate` the charge limit (the
-    integration reads it as `charge_rate_kw`); Go's Vehicle has no `ChargeRate`.
+    integration reads it as `charge_rate_kw`); Go's Vehicle has no `ChargeRate`:
+    None leaves it out.
     """
     obj: dict[str, Any] = {
         "ID": vehicle_id,
@@ -228,6 +229,8 @@ def vehicle_obj(
         "AvailabilityProb": availability_prob,
         "DegradationFactor": degradation_factor,
     }
+    if charge_rate_kw is None:
+        del obj["ChargeRate"]
     if gateway is not None:
         obj["gateway"] = gateway
     return obj
@@ -240,13 +243,14 @@ def telemetry_obj(
     available: bool,
     power_kw: float,
     ts: float,
+    charging: bool | None = None,
 ) -> dict[str, Any]:
-    """Build a telemetry object; `charging` is true while the power is negative."""
+    """Build a telemetry object; `charging` defaults to power < 0 (charging)."""
     return {
         "vehicle_id": vehicle_id,
         "soc": round(soc, 6),
         "available": available,
-        "charging": power_kw < 0,
+        "charging": power_kw < 0 if charging is None else charging,
         "power_kw": power_kw,
         "ts": int(ts),
     }

@@ -32,6 +32,47 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class VehicleBehaviour:
+    """How one vehicle answers orders and reports itself (defaults: honest).
+
+    The fleet-wide values come from `SimulatorConfig`; `vehicle_overrides` changes
+    them per vehicle, `FleetSimulator.set_behaviour` at run time.
+    """
+
+    drop_rate: float = 0.0
+    # A dropped order is lost with its ack (never applied) unless apply_dropped:
+    # then it is applied and only the ack is lost (the Go vehicles).
+    apply_dropped: bool = False
+    reject_rate: float = 0.0
+    ack_all: bool = False
+    minimal_acks: bool = False
+    # Ack an order beyond the charge/discharge limit with the Go ack, keep the
+    # previous power (refused orders are otherwise rejected with their reason).
+    refuse_over_limit_ack: bool = False
+    # Hold a setpoint past `expires_at` / `duration_s` and act on late orders.
+    ignore_expiry: bool = False
+    # Telemetry `charging` = power_kw > 0 (true while discharging), as in Go.
+    inverted_charging_flag: bool = False
+    # Discovery answers carry `ChargeRate` (Go's vehicle JSON has none).
+    announce_charge_rate: bool = True
+
+    def check(self) -> None:
+        """Raise `ConfigError` if a value is invalid."""
+        for name in BEHAVIOUR_FIELDS:
+            value = getattr(self, name)
+            if name in _RATE_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(f"{name} must be a number")
+                _check_fraction(name, value)
+            elif not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false")
+
+
+BEHAVIOUR_FIELDS: Final = tuple(VehicleBehaviour.__dataclass_fields__)
+_RATE_FIELDS: Final = ("drop_rate", "reject_rate")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TopicConfig:
     """Topic templates (docs/protocol.md#topics defaults); `{vehicle_id}` is one topic level."""
 
@@ -116,6 +157,15 @@ class SimulatorConfig:
     reject_rate: float = 0.0
     ack_all: bool = False
     minimal_acks: bool = False
+    apply_dropped: bool = False
+    refuse_over_limit_ack: bool = False
+    ignore_expiry: bool = False
+    inverted_charging_flag: bool = False
+    announce_charge_rate: bool = True
+    # Vehicle id -> {behaviour field: value}, over the fleet-wide values above.
+    vehicle_overrides: Mapping[str, Mapping[str, float | bool]] = field(
+        default_factory=dict
+    )
 
     disconnect_rate: float = 0.0
     availability_interval: float = 60.0
@@ -147,6 +197,19 @@ class SimulatorConfig:
         if self.availability is not None and len(self.availability) != 24:
             raise ConfigError("availability profile needs 24 hourly values")
         self.topics.validate()
+        self.behaviour()
+        for vehicle_id in self.vehicle_overrides:
+            self.behaviour(vehicle_id)
+
+    def behaviour(self, vehicle_id: str | None = None) -> VehicleBehaviour:
+        """The fleet-wide behaviour, with `vehicle_id`'s overrides if given.
+
+        Raises `ConfigError` for an unknown field or an invalid value.
+        """
+        values = {name: getattr(self, name) for name in BEHAVIOUR_FIELDS}
+        if vehicle_id is not None:
+            values.update(self.vehicle_overrides.get(vehicle_id, {}))
+        return make_behaviour(values)
 
     def _with_preset(self) -> SimulatorConfig:
         if not self.battery_profile:
@@ -222,6 +285,52 @@ class SimulatorConfig:
         if self.gateway_size:
             return -(-self.count // self.gateway_size)
         return 0
+
+
+def make_behaviour(values: Mapping[str, Any]) -> VehicleBehaviour:
+    """Build and check a `VehicleBehaviour`; raise `ConfigError`."""
+    unknown = set(values) - set(BEHAVIOUR_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown vehicle behaviour {', '.join(sorted(unknown))}"
+            f" (one of {', '.join(BEHAVIOUR_FIELDS)})"
+        )
+    behaviour = VehicleBehaviour(**values)
+    behaviour.check()
+    return behaviour
+
+
+def parse_override(text: str) -> tuple[str, dict[str, float | bool]]:
+    """Parse `veh002:drop_rate=1,apply_dropped=true` into (id, values)."""
+    vehicle_id, sep, rest = text.partition(":")
+    vehicle_id = vehicle_id.strip()
+    if not sep or not vehicle_id or not rest.strip():
+        raise ConfigError(f"override must be ID:field=value[,...]: {text!r}")
+    values: dict[str, float | bool] = {}
+    for item in rest.split(","):
+        name, eq, raw = (part.strip() for part in item.partition("="))
+        name = name.replace("-", "_")
+        if not eq or name not in BEHAVIOUR_FIELDS:
+            raise ConfigError(
+                f"override {item!r}: use field=value with a field among"
+                f" {', '.join(BEHAVIOUR_FIELDS)}"
+            )
+        values[name] = _parse_value(name, raw)
+    return vehicle_id, values
+
+
+def _parse_value(name: str, raw: str) -> float | bool:
+    if name in _RATE_FIELDS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number: {raw!r}") from None
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false: {raw!r}")
 
 
 def _check_fraction(name: str, value: float) -> None:

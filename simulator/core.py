@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import concurrent.futures
 from dataclasses import dataclass, field
 import logging
+import math
 import os
 import random
 import threading
@@ -14,9 +15,21 @@ import time
 from typing import Any, Final, Self
 
 from . import codec
-from .battery import refusal_reason
+from .battery import (
+    EXCEEDS_CHARGE_RATE,
+    EXCEEDS_DISCHARGE_RATE,
+    EXCEEDS_MAX_POWER,
+    refusal_reason,
+)
 from .codec import DecodeError, Order, TopicTemplate
-from .config import GATEWAY_ID, VEHICLE_ID, SimulatorConfig
+from .config import (
+    BEHAVIOUR_FIELDS,
+    GATEWAY_ID,
+    VEHICLE_ID,
+    SimulatorConfig,
+    VehicleBehaviour,
+    make_behaviour,
+)
 from .fleet import (
     OFFLINE_DEPARTED,
     OFFLINE_MANUAL,
@@ -39,6 +52,11 @@ INVALID_ORDER: Final = "invalid_order"
 VEHICLE_MISMATCH: Final = "vehicle_mismatch"
 UNKNOWN_VEHICLE: Final = "unknown_vehicle"
 
+# Refusals that `refuse_over_limit_ack` acknowledges anyway.
+OVER_LIMIT: Final = frozenset(
+    {EXCEEDS_MAX_POWER, EXCEEDS_DISCHARGE_RATE, EXCEEDS_CHARGE_RATE}
+)
+
 COUNTERS: Final = (
     "orders_received",  # orders addressed to one of our online vehicles
     "orders_accepted",  # applied to the vehicle
@@ -46,7 +64,7 @@ COUNTERS: Final = (
     "orders_expired",  # received after their expires_at
     "orders_acked",  # acks sent that say accepted (includes --ack-all refusals)
     "orders_rejected",  # acks sent with status rejected
-    "orders_dropped",  # reply dropped by --drop-rate
+    "orders_dropped",  # lost by --drop-rate (--apply-dropped: applied, reply lost)
     "orders_ignored",  # addressed to a silent (offline) vehicle or gateway
     "orders_invalid",  # undecodable order items (see also malformed)
     "acks_lost_offline",  # reply due while the vehicle or link was down
@@ -266,6 +284,43 @@ class FleetSimulator:
         if not 0.0 <= soc <= 1.0:
             raise ValueError("soc must be within [0, 1]")
         self._call_or_direct(self._set_soc_in_loop, vehicle_id, soc)
+
+    def power_kw(self, vehicle_id: str) -> float:
+        """The power a vehicle really applies now (kW, > 0 discharging)."""
+        return float(self.vehicle(vehicle_id)["power_kw"])
+
+    def total_power_kw(self, vehicle_ids: Iterable[str] | None = None) -> float:
+        """The summed real power of some vehicles (default: the whole fleet)."""
+        ids = list(self._vehicles if vehicle_ids is None else vehicle_ids)
+        return sum(self._call_or_direct(self._powers_in_loop, ids).values())
+
+    def powers(self) -> dict[str, float]:
+        """The real power of every vehicle, by id (battery advanced to now)."""
+        return self._call_or_direct(self._powers_in_loop, list(self._vehicles))
+
+    def set_power(self, vehicle_id: str, power_kw: float) -> float:
+        """Make a vehicle charge (< 0) or discharge on its own, without an order.
+
+        As a driver's charging session: clamped to the vehicle's limits, held until
+        an order or unplugging changes it; 0 when unplugged. Returns the power.
+        """
+        if not math.isfinite(power_kw):
+            raise ValueError("power_kw must be finite")
+        return self._call_or_direct(self._set_power_in_loop, vehicle_id, power_kw)
+
+    def behaviour(self, vehicle_id: str) -> VehicleBehaviour:
+        """How a vehicle currently answers orders (see `VehicleBehaviour`)."""
+        return self._get(vehicle_id).behaviour
+
+    def set_behaviour(self, vehicle_id: str, **changes: float | bool) -> None:
+        """Change some of a vehicle's behaviour fields, e.g. `drop_rate=1.0`.
+
+        Raises `ConfigError` for an unknown field or an invalid value.
+        """
+        current = self._get(vehicle_id).behaviour
+        values = {name: getattr(current, name) for name in BEHAVIOUR_FIELDS}
+        behaviour = make_behaviour({**values, **changes})
+        self._call_or_direct(self._set_behaviour_in_loop, vehicle_id, behaviour)
 
     def publish_telemetry(self, vehicle_id: str | None = None) -> int:
         """Push telemetry now (one vehicle or all); return how many were sent."""
@@ -498,12 +553,10 @@ class FleetSimulator:
                 soc=vehicle.battery.soc,
                 # What the vehicle really accepts, so a dispatcher that honours
                 # the announced limits is not refused for the battery's rates.
-                max_power_kw=min(
-                    vehicle.max_power_kw, vehicle.battery.discharge_rate_kw
-                ),
-                charge_rate_kw=min(
-                    vehicle.max_power_kw, vehicle.battery.charge_rate_kw
-                ),
+                max_power_kw=vehicle.discharge_limit_kw,
+                charge_rate_kw=vehicle.charge_limit_kw
+                if vehicle.behaviour.announce_charge_rate
+                else None,
                 battery_kwh=vehicle.battery.capacity_kwh,
                 available=vehicle.available,
                 charging=vehicle.charging,
@@ -618,48 +671,70 @@ class FleetSimulator:
         gateway: _Gateway | None,
         order: Order,
     ) -> None:
-        cfg = self.config
+        behaviour = vehicle.behaviour
         counters = self._counters
-        reason: str | None
-        if (
-            order.expires_at_ms is not None
-            and self._wall() * 1000 > order.expires_at_ms
-        ):
-            counters["orders_expired"] += 1
-            reason = EXPIRED
-        elif cfg.reject_rate and self._rng.random() < cfg.reject_rate:
-            reason = REFUSED
-        else:
-            now = self._now()
-            vehicle.advance(now)
-            power = order.power_kw
-            reason = refusal_reason(
-                vehicle.battery,
-                vehicle.max_power_kw,
-                power,
-                available=vehicle.available,
-            )
-            if reason is None:
-                vehicle.power_kw = power
-                vehicle.setpoint_until = (
-                    now + order.duration_s if power and order.duration_s else None
-                )
-                counters["orders_accepted"] += 1
-                if _LOGGER.isEnabledFor(logging.DEBUG):
-                    _LOGGER.debug(
-                        "%s: %s kW applied (%s)",
-                        vehicle.vehicle_id,
-                        power,
-                        order.command_id,
-                    )
+        dropped = bool(behaviour.drop_rate) and self._rng.random() < behaviour.drop_rate
+        if dropped:
+            counters["orders_dropped"] += 1
+            if not behaviour.apply_dropped:
+                _LOGGER.debug("%s: order %s lost", vehicle.vehicle_id, order)
+                return
+        reason = self._apply_order(vehicle, order)
         if reason is not None:
             counters["orders_refused"] += 1
             _LOGGER.debug("%s: order %s refused: %s", vehicle.vehicle_id, order, reason)
-        if cfg.drop_rate and self._rng.random() < cfg.drop_rate:
-            counters["orders_dropped"] += 1
-            return
+        if dropped:
+            return  # applied (or refused), but the answer is lost
         applied = order.power_kw if reason is None else None
         self._reply(endpoint, vehicle, gateway, order.command_id, reason, applied)
+
+    def _apply_order(self, vehicle: SimVehicle, order: Order) -> str | None:
+        """Apply the order if the vehicle accepts it; return why it does not."""
+        behaviour = vehicle.behaviour
+        if (
+            not behaviour.ignore_expiry
+            and order.expires_at_ms is not None
+            and self._wall() * 1000 > order.expires_at_ms
+        ):
+            self._counters["orders_expired"] += 1
+            return EXPIRED
+        if behaviour.reject_rate and self._rng.random() < behaviour.reject_rate:
+            return REFUSED
+        now = self._now()
+        vehicle.advance(now)
+        power = order.power_kw
+        reason = refusal_reason(
+            vehicle.battery, vehicle.max_power_kw, power, available=vehicle.available
+        )
+        if reason is None:
+            vehicle.power_kw = power
+            vehicle.setpoint_until = (
+                None
+                if behaviour.ignore_expiry or not power
+                else self._setpoint_end(now, order)
+            )
+            self._counters["orders_accepted"] += 1
+            if _LOGGER.isEnabledFor(logging.DEBUG):
+                _LOGGER.debug(
+                    "%s: %s kW applied (%s)",
+                    vehicle.vehicle_id,
+                    power,
+                    order.command_id,
+                )
+        return reason
+
+    def _setpoint_end(self, now: float, order: Order) -> float | None:
+        """Loop time at which an applied order ends; None: held until replaced.
+
+        After `duration_s` or at `expires_at` (the vehicle's clock), whichever
+        comes first.
+        """
+        ends: list[float] = []
+        if order.duration_s:
+            ends.append(now + order.duration_s)
+        if order.expires_at_ms is not None:
+            ends.append(now + order.expires_at_ms / 1000 - self._wall())
+        return min(ends) if ends else None
 
     def _reply(
         self,
@@ -671,14 +746,20 @@ class FleetSimulator:
         applied_power_kw: float | None = None,
     ) -> None:
         cfg = self.config
-        accepted = reason is None or cfg.ack_all
+        behaviour = vehicle.behaviour
+        accepted = (
+            reason is None
+            or behaviour.ack_all
+            or (behaviour.refuse_over_limit_ack and reason in OVER_LIMIT)
+        )
         ack = codec.ack_obj(
             command_id,
             accepted=accepted,
             reason=None if accepted else reason,
             applied_power_kw=applied_power_kw,
             vehicle_id=vehicle.vehicle_id if gateway is not None else None,
-            minimal=cfg.minimal_acks or (reason is not None and cfg.ack_all),
+            # A refused order acknowledged anyway gets the Go ack {"command_id"}.
+            minimal=behaviour.minimal_acks or (reason is not None and accepted),
         )
         delay = cfg.ack_latency
         if cfg.ack_jitter:
@@ -769,6 +850,7 @@ class FleetSimulator:
             soc=vehicle.battery.soc,
             available=vehicle.available,
             power_kw=vehicle.power_kw,
+            charging=vehicle.reported_charging,
             ts=self._wall(),
         )
         if self._publish(
@@ -928,6 +1010,27 @@ class FleetSimulator:
         if not available:
             vehicle.power_kw = 0.0
             vehicle.setpoint_until = None
+
+    def _powers_in_loop(self, vehicle_ids: list[str]) -> dict[str, float]:
+        running = self._loop is not None and self.running
+        powers: dict[str, float] = {}
+        for vehicle_id in vehicle_ids:
+            vehicle = self._get(vehicle_id)
+            if running:
+                vehicle.advance(self._now())
+            powers[vehicle_id] = vehicle.power_kw
+        return powers
+
+    def _set_power_in_loop(self, vehicle_id: str, power_kw: float) -> float:
+        vehicle = self._get(vehicle_id)
+        if self._loop is not None and self.running:
+            vehicle.advance(self._now())
+        return vehicle.run_on_its_own(power_kw)
+
+    def _set_behaviour_in_loop(
+        self, vehicle_id: str, behaviour: VehicleBehaviour
+    ) -> None:
+        self._get(vehicle_id).behaviour = behaviour
 
     def _set_soc_in_loop(self, vehicle_id: str, soc: float) -> None:
         vehicle = self._get(vehicle_id)

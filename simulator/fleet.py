@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 import random
 from typing import Any, Final
 
 from .battery import Battery
-from .config import SimulatorConfig
+from .config import ConfigError, SimulatorConfig, VehicleBehaviour
 
 COMMUTER: Final = "commuter"
 OPPORTUNISTIC_CHARGER: Final = "opportunistic_charger"
@@ -27,6 +27,7 @@ class SimVehicle:
     battery: Battery
     max_power_kw: float
     segment: str
+    behaviour: VehicleBehaviour = field(default_factory=VehicleBehaviour)
     gateway: str | None = None
     departure: datetime | None = None
     min_soc: float = 0.0
@@ -42,6 +43,33 @@ class SimVehicle:
     def charging(self) -> bool:
         """True while the vehicle charges (negative power)."""
         return self.power_kw < 0
+
+    @property
+    def reported_charging(self) -> bool:
+        """The `charging` flag its telemetry carries (inverted like Go's if so set)."""
+        if self.behaviour.inverted_charging_flag:
+            return self.power_kw > 0
+        return self.power_kw < 0
+
+    @property
+    def charge_limit_kw(self) -> float:
+        """The charge power it really accepts."""
+        return min(self.max_power_kw, self.battery.charge_rate_kw)
+
+    @property
+    def discharge_limit_kw(self) -> float:
+        """The discharge power it really accepts."""
+        return min(self.max_power_kw, self.battery.discharge_rate_kw)
+
+    def run_on_its_own(self, power_kw: float) -> float:
+        """Start charging (< 0) or discharging without an order; return the power.
+
+        Clamped to the vehicle's limits; held until an order or unplugging.
+        """
+        power = max(-self.charge_limit_kw, min(self.discharge_limit_kw, power_kw))
+        self.power_kw = power if self.available else 0.0
+        self.setpoint_until = None
+        return self.power_kw
 
     def advance(self, now: float) -> None:
         """Run the battery model from the last update to `now` (monotonic s)."""
@@ -104,8 +132,15 @@ def generate_fleet(
 ) -> list[SimVehicle]:
     """Create the fleet described by a validated `config`."""
     gateways = gateway_ids(config.gateway_count)
+    ids = make_ids(config.id_prefix, config.count)
+    unknown = set(config.vehicle_overrides) - set(ids)
+    if unknown:
+        raise ConfigError(
+            f"overrides for unknown vehicles: {', '.join(sorted(unknown))}"
+        )
+    shared = config.behaviour()
     fleet: list[SimVehicle] = []
-    for index, vehicle_id in enumerate(make_ids(config.id_prefix, config.count)):
+    for index, vehicle_id in enumerate(ids):
         segment = (
             COMMUTER if rng.random() < config.commuter_pct else (OPPORTUNISTIC_CHARGER)
         )
@@ -124,6 +159,9 @@ def generate_fleet(
                 ),
                 max_power_kw=config.max_power_kw,
                 segment=segment,
+                behaviour=config.behaviour(vehicle_id)
+                if vehicle_id in config.vehicle_overrides
+                else shared,
                 gateway=None if gw_index is None else gateways[gw_index],
                 departure=config.departures.get(vehicle_id),
                 min_soc=config.min_soc,

@@ -203,17 +203,6 @@ def test_expired_order_is_not_applied(
     assert sim.stats()["orders_expired"] == 1
 
 
-def test_drop_rate_one_sends_no_ack(make_sim: MakeSim, dispatcher: Dispatcher) -> None:
-    sim = make_sim(count=2, drop_rate=1.0, connection="shared")
-    dispatcher.subscribe("vehicle/+/ack")
-    for vid in ("veh001", "veh002"):
-        dispatcher.publish(f"vehicle/{vid}/command", order(vid, 1.0))
-    assert sim.wait_until(lambda s: s["orders_dropped"] == 2)
-    # The orders were applied; only their acks are lost.
-    assert sim.vehicle("veh001")["power_kw"] == 1.0
-    dispatcher.assert_quiet("vehicle/+/ack", window=0.2)
-
-
 def test_ack_latency_delays_the_ack(make_sim: MakeSim, dispatcher: Dispatcher) -> None:
     make_sim(count=1, ack_latency=0.25, ack_jitter=0.05)
     dispatcher.subscribe("vehicle/+/ack")
