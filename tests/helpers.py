@@ -331,8 +331,13 @@ def loop_iterations(hass: HomeAssistant) -> Iterator[Callable[[], int]]:
 def find_device(
     registry: dr.DeviceRegistry, identifier: tuple[str, str]
 ) -> dr.DeviceEntry | None:
-    """The device with ``identifier`` (async_get_device raises in tests on 2026.11)."""
-    for device in registry.devices.values():
-        if identifier in device.identifiers:
-            return device
+    """The device with ``identifier``.
+
+    `async_get_device` raises in tests on 2026.11, and `registry.devices` is no
+    longer a mapping there: the fleet devices of every entry are walked.
+    """
+    for entry in registry.hass.config_entries.async_entries():
+        for device in dr.async_entries_for_config_entry(registry, entry.entry_id):
+            if identifier in device.identifiers:
+                return device
     return None

@@ -166,10 +166,16 @@ async def test_unload_releases_everything(
         {"config_entry_id": entry.entry_id, "signal_type": "FCR", "power_kw": 5},
         blocking=True,
     )
+    # Home Assistant 2026.2 subscribes in lists of (topic, qos); 2026.11 sends
+    # each wildcard on its own: subscribe(topic, qos, properties=...).
     subscribed = {
         topic
         for call in mqtt_client_mock.subscribe.call_args_list
-        for topic, _qos in call.args[0]
+        for topic in (
+            [call.args[0]]
+            if isinstance(call.args[0], str)
+            else [item[0] for item in call.args[0]]
+        )
     }
     assert topics <= subscribed
     # The fleet listens to Home Assistant stopping (and its entities to more).
