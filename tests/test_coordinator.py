@@ -277,7 +277,10 @@ async def test_stale_vehicle_unavailable_and_removable(
     hass_client: ClientSessionGenerator,
     device_registry: dr.DeviceRegistry,
 ) -> None:
-    assert await async_setup_component(hass, "config", {})
+    # Every component with HTTP routes before the first client: from Home
+    # Assistant 2026.11 on, the router is frozen once a client started.
+    for component in ("config", "diagnostics"):
+        assert await async_setup_component(hass, component, {})
     entry = await async_setup_fleet(hass, options={CONF_STALE_TIMEOUT: 0.05})
     await async_announce(hass, ("v1", {}), ("v2", {}))
     assert hass.states.get("sensor.v1_setpoint").state == "0.0"
@@ -518,6 +521,9 @@ async def test_vehicle_subentry_follows_entities(
     hass_ws_client: WebSocketGenerator,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # HTTP routes before the first client (frozen once one started, 2026.11).
+    for component in ("diagnostics", "websocket_api"):
+        assert await async_setup_component(hass, component, {})
     assert await async_setup_component(hass, "config", {})
     hass.states.async_set("sensor.van_soc", "64", {"unit_of_measurement": "%"})
     hass.states.async_set("binary_sensor.van_plug", "on")
