@@ -19,11 +19,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.v2g.const import (
-    CONF_ACK_TIMEOUT,
-    CONF_RELEASE_AT_END,
-    DOMAIN,
-)
+from custom_components.v2g.const import CONF_ACK_TIMEOUT, CONF_RELEASE_AT_END, DOMAIN
 
 from .helpers import (
     ENTRY_ID,
@@ -118,7 +114,9 @@ async def test_newer_order_is_not_released(
 ) -> None:
     await _fleet(hass)
     responder = FleetResponder(hass, fleet_mqtt)
-    await async_dispatch(hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10})
+    await async_dispatch(
+        hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10}
+    )
     await async_dispatch(
         hass,
         signal_type="FCR",
@@ -140,7 +138,9 @@ async def test_unanswered_release_is_tried_again_then_given_up(
 ) -> None:
     await _fleet(hass)
     responder = FleetResponder(hass, fleet_mqtt)
-    await async_dispatch(hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10})
+    await async_dispatch(
+        hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10}
+    )
     responder.behaviours["v2"] = "ignore"
 
     def releases_to_v2() -> int:
@@ -166,7 +166,9 @@ async def test_release_option_off_sends_nothing(
 ) -> None:
     await _fleet(hass, **{CONF_RELEASE_AT_END: False})
     responder = FleetResponder(hass, fleet_mqtt)
-    await async_dispatch(hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10})
+    await async_dispatch(
+        hass, signal_type="aFRR", power_kw=10, duration={"seconds": 10}
+    )
     await _advance(hass, freezer, 11)
     assert len(responder.orders) == 2
     (entry,) = await async_dispatch_log(hass)
