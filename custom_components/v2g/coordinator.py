@@ -8,7 +8,8 @@ nothing is polled. What changes the fleet:
   (fleet_input.py);
 * hand-added vehicles, the HA entities they follow and those that control them
   (manual_vehicles.py, controlled_vehicles.py: a command channel of its own);
-* dispatches (dispatcher.py).
+* dispatches (dispatcher.py), whose delivery is measured afterwards
+  (verification.py).
 
 A new immutable `FleetSnapshot` (engine/snapshot.py) is built in steps by the
 base class's refresh: right away after a dispatch or a discovery, through the
@@ -19,7 +20,7 @@ lives in persistence.py.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -35,14 +36,7 @@ from .channels import OrderRouter, mqtt_channels
 from .const import DEFAULT_TOPICS, DISCOVERY_WINDOW_S, DOMAIN, LOGGER, TELEMETRY_PUSH
 from .dispatch_log import DispatchLogStore
 from .dispatcher import FleetDispatcher
-from .engine import (
-    DispatchEngine,
-    DispatchResult,
-    SignalType,
-    Strategy,
-    Vehicle,
-    async_run_steps,
-)
+from .engine import DispatchEngine, Vehicle, async_run_steps
 from .engine.availability import HistoryPrediction
 from .engine.snapshot import (
     FleetSnapshot,
@@ -58,6 +52,7 @@ from .options import FleetOptions, availability_prediction, effective_options
 from .persistence import FleetData, FleetPersistence
 from .runtime import HassRuntime
 from .vehicle_updates import VehicleUpdates
+from .verification import DeliveryVerifier
 
 type V2GConfigEntry = ConfigEntry[V2GFleetCoordinator]
 
@@ -148,6 +143,20 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             on_change=self._fleet_changed,
             ready=self.dispatcher.async_ready_to_publish,
         )
+        self.verifier = self.dispatcher.verifier = DeliveryVerifier(
+            hass,
+            entry,
+            self.config,
+            fleet=self.fleet,
+            fleet_input=self.fleet_input,
+            input_log=self.input_log,
+            persistence=persistence,
+            metrics=self.metrics,
+            connected=lambda: self.connected,
+            refresh=self.async_refresh,
+        )
+        # Run one dispatch to the end and record it (FleetDispatcher.async_dispatch).
+        self.async_dispatch = self.dispatcher.async_dispatch
         self._snapshots = SnapshotBuilder()
         # Fleet changes seen, and how many of them the last snapshot includes.
         self._changes = 0
@@ -337,26 +346,6 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
         self.soc_known.discard(vehicle_id)
         self.persistence.async_schedule_save()
         self.config_entry.async_create_task(self.hass, self.async_refresh())
-
-    async def async_dispatch(
-        self,
-        signal_type: SignalType | str,
-        power_kw: float,
-        duration_s: float,
-        *,
-        vehicle_ids: Sequence[str] | None = None,
-        strategy: Strategy | str | None = None,
-        dry_run: bool = False,
-    ) -> DispatchResult:
-        """Run one dispatch to the end and record it (`FleetDispatcher`)."""
-        return await self.dispatcher.async_dispatch(
-            signal_type,
-            power_kw,
-            duration_s,
-            vehicle_ids=vehicle_ids,
-            strategy=strategy,
-            dry_run=dry_run,
-        )
 
     async def async_discover(self) -> list[Vehicle]:
         """Broadcast a discovery request and return the vehicles that answered.

@@ -3,9 +3,10 @@
 A dispatch is validated (dispatching.py), waits until the broker confirmed the
 answer subscriptions, is marked in flight before its first order leaves, runs in
 the engine, and is then accounted in the metrics, appended to the dispatch log
-and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event).
-Dispatches still running when the entry unloads, or left by a stop of Home
-Assistant, are recorded as ``interrupted``.
+and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event);
+its delivery is verified later (verification.py). Dispatches still running when
+the entry unloads, or left by a stop of Home Assistant, are recorded as
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .engine.metrics import DispatchMetrics
 from .intake import MqttIntake
 from .persistence import FleetPersistence
 from .vehicle_updates import VehicleUpdates
+from .verification import DeliveryVerifier
 
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
 
@@ -67,6 +69,8 @@ class FleetDispatcher:
         self._refresh = refresh
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Set by the coordinator once the fleet input exists (it polls).
+        self.verifier: DeliveryVerifier | None = None
 
     async def async_dispatch(
         self,
@@ -126,7 +130,10 @@ class FleetDispatcher:
                 self._tasks.discard(task)
         self._persistence.async_clear(request.dispatch_id)
         await asyncio.sleep(0)  # the engine's last step learnt from every order
-        self.record_finished(result.as_response())
+        response = result.as_response()
+        self.record_finished(response)
+        if self.verifier is not None:
+            self.verifier.async_schedule(result, response)
         await asyncio.sleep(0)  # 10,000 orders: two steps of ~15 ms
         self._vehicle_updates.stage_outcomes(result)
         # The new snapshot in steps of their own: recording and publishing
@@ -177,7 +184,7 @@ class FleetDispatcher:
             self.record_finished(response)
 
     async def async_stop(self) -> None:
-        """Cancel the running dispatches and record them as interrupted."""
+        """Cancel the running dispatches (recorded as interrupted) and verifications."""
         self._stopping = True
         running = self._engine.pending_dispatches()
         for task in list(self._tasks):
@@ -188,3 +195,5 @@ class FleetDispatcher:
         for record in running:
             self.record_finished(self._engine.record_interrupted(record, now))
             self._persistence.async_clear(str(record.get("dispatch_id")))
+        if self.verifier is not None:  # after the dispatches that may schedule one
+            await self.verifier.async_stop()

@@ -17,6 +17,8 @@ from homeassistant.util import dt as dt_util
 from .const import (
     CONF_ACK_RATE_SLA,
     CONF_ACK_TIMEOUT,
+    CONF_DELIVERY_TOLERANCE_KW,
+    CONF_DELIVERY_TOLERANCE_PCT,
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
@@ -30,10 +32,13 @@ from .const import (
     CONF_STALE_TIMEOUT,
     CONF_STRATEGY_PREFIX,
     CONF_TELEMETRY_MODE,
+    CONF_VERIFY_WINDOW,
     CONF_WEBHOOK_ENABLED,
     CONF_WEBHOOK_ID,
     DEFAULT_ACK_RATE_SLA,
     DEFAULT_ACK_TIMEOUT,
+    DEFAULT_DELIVERY_TOLERANCE_KW,
+    DEFAULT_DELIVERY_TOLERANCE_PCT,
     DEFAULT_EMISSION_FACTOR,
     DEFAULT_FALLBACK,
     DEFAULT_MIN_SOC,
@@ -47,6 +52,7 @@ from .const import (
     DEFAULT_STALE_TIMEOUT,
     DEFAULT_STRATEGIES,
     DEFAULT_TELEMETRY_MODE,
+    DEFAULT_VERIFY_WINDOW,
     DEFAULT_WEBHOOK_ENABLED,
     LOGGER,
     PREDICTION_HISTORY,
@@ -65,6 +71,7 @@ from .engine import (
     parse_hourly_profile,
 )
 from .engine.availability import HistoryPrediction
+from .engine.delivery import DeliveryTolerance
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry
@@ -80,7 +87,9 @@ def default_options() -> dict[str, Any]:
     comma-separated percentages), ``prediction_lookback_days`` int,
     ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
     ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
-    ``webhook_enabled`` bool. ``webhook_id`` (str) is added by the options flow the
+    ``webhook_enabled`` bool, ``verify_window`` float (s),
+    ``delivery_tolerance_pct`` float (percent), ``delivery_tolerance_kw`` float.
+    ``webhook_id`` (str) is added by the options flow the
     first time the webhook is enabled, so it is not part of the defaults.
     """
     options: dict[str, Any] = {
@@ -104,6 +113,9 @@ def default_options() -> dict[str, Any]:
             CONF_EMISSION_FACTOR: DEFAULT_EMISSION_FACTOR,
             CONF_ACK_RATE_SLA: DEFAULT_ACK_RATE_SLA,
             CONF_WEBHOOK_ENABLED: DEFAULT_WEBHOOK_ENABLED,
+            CONF_VERIFY_WINDOW: DEFAULT_VERIFY_WINDOW,
+            CONF_DELIVERY_TOLERANCE_PCT: DEFAULT_DELIVERY_TOLERANCE_PCT,
+            CONF_DELIVERY_TOLERANCE_KW: DEFAULT_DELIVERY_TOLERANCE_KW,
         }
     )
     return options
@@ -180,6 +192,10 @@ class FleetOptions:
     prediction_lookback_days: int
     webhook_enabled: bool
     webhook_id: str | None
+    # Seconds after the last ack at which a dispatch's delivery is measured.
+    verify_window: float
+    # How far measured power may be from a setpoint and still follow it.
+    delivery_tolerance: DeliveryTolerance
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FleetOptions:
@@ -209,6 +225,11 @@ class FleetOptions:
             prediction_lookback_days=int(values[CONF_PREDICTION_LOOKBACK_DAYS]),
             webhook_enabled=bool(values[CONF_WEBHOOK_ENABLED]),
             webhook_id=None if webhook_id is None else str(webhook_id),
+            verify_window=float(values[CONF_VERIFY_WINDOW]),
+            delivery_tolerance=DeliveryTolerance(
+                fraction=_fraction(values[CONF_DELIVERY_TOLERANCE_PCT]),
+                kw=float(values[CONF_DELIVERY_TOLERANCE_KW]),
+            ),
         )
 
     @classmethod
