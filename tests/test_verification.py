@@ -343,33 +343,33 @@ async def test_dry_runs_and_returns_to_idle_are_not_verified(
     assert len(verified) == 1  # the 20 kW dispatch only
 
 
-async def test_pull_mode_polls_once_and_waits_for_the_answers(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+def _answer_polls(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, answers: dict[str, float]
 ) -> None:
-    await _fleet(
-        hass,
-        count=3,
-        options={
-            CONF_TELEMETRY_MODE: "pull",
-            CONF_POLL_INTERVAL: 3600,
-            CONF_STALE_TIMEOUT: 7200,
-            CONF_ACK_TIMEOUT: 0.5,
-        },
-    )
-    verified = async_capture_events(hass, EVENT_DISPATCH_VERIFIED)
-    responder = FleetResponder(hass, fleet_mqtt)
-    answers = {"v1": 10.0, "v2": 8.5}  # v3 does not answer polls
+    """Vehicles that answer each telemetry poll with these powers."""
     publish = fleet_mqtt.async_publish.side_effect
 
     async def publish_and_answer(
-        topic: str, payload: Any, *args: Any, **kw: Any
+        topic: str, payload: Any, *args: Any, **kwargs: Any
     ) -> None:
-        await publish(topic, payload, *args, **kw)
+        await publish(topic, payload, *args, **kwargs)
         if topic == "v2g/telemetry/request":
             for vehicle_id, power in answers.items():
                 hass.loop.call_soon(_telemetry, hass, vehicle_id, power, True)
 
     fleet_mqtt.async_publish.side_effect = publish_and_answer
+
+
+PULL = {CONF_TELEMETRY_MODE: "pull", CONF_POLL_INTERVAL: 3600, CONF_STALE_TIMEOUT: 7200}
+
+
+async def test_pull_mode_polls_once_and_waits_for_the_answers(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    await _fleet(hass, count=3, options={**PULL, CONF_ACK_TIMEOUT: 0.5})
+    verified = async_capture_events(hass, EVENT_DISPATCH_VERIFIED)
+    responder = FleetResponder(hass, fleet_mqtt)
+    _answer_polls(hass, fleet_mqtt, {"v1": 10.0, "v2": 8.5})  # v3 does not answer
     await async_dispatch(hass, signal_type="aFRR", power_kw=30, strategy="equal")
     assert responder.payloads("v2g/telemetry/request") == []
 
@@ -381,6 +381,19 @@ async def test_pull_mode_polls_once_and_waits_for_the_answers(
     assert event.data["following"] == 1
     assert event.data["not_following"] == ["v2"]
     assert event.data["unmeasured"] == 1  # v3: waited for up to the ack timeout
+
+
+async def test_pull_mode_does_not_wait_once_every_vehicle_answered(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    await _fleet(hass, options={**PULL, CONF_ACK_TIMEOUT: 60})
+    verified = async_capture_events(hass, EVENT_DISPATCH_VERIFIED)
+    FleetResponder(hass, fleet_mqtt)
+    _answer_polls(hass, fleet_mqtt, {"v1": 10.0, "v2": 10.0})
+    await async_dispatch(hass, signal_type="aFRR", power_kw=20, strategy="equal")
+    await _later(hass, 11)
+    await _until(lambda: bool(verified))  # well before the 60 s ack timeout
+    assert verified[0].data["following"] == 2
 
 
 async def test_unload_during_the_window_cancels_the_verification(

@@ -268,11 +268,12 @@ class DeliveryVerifier:
         )
         data = report.event_data()
         self._metrics.record_delivery(data, report.verified_at)
-        for vehicle_id, delivery in report.vehicles.items():
-            if delivery.following is not None:
-                self._fleet.record_delivery(
-                    vehicle_id, delivery.following, report.verified_at
-                )
+        async for chunk in async_chunks(list(report.vehicles.items())):
+            for vehicle_id, delivery in chunk:
+                if delivery.following is not None:
+                    self._fleet.record_delivery(
+                        vehicle_id, delivery.following, report.verified_at
+                    )
         self._persistence.async_schedule_save()
         self._hass.bus.async_fire(
             EVENT_DISPATCH_VERIFIED,
@@ -283,6 +284,6 @@ class DeliveryVerifier:
             report.dispatch_id,
             data["delivered_kw"],
             data["acknowledged_kw"],
-            len(report.not_following),
+            data["not_following_count"],
         )
         await self._refresh()
