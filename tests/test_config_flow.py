@@ -608,6 +608,9 @@ async def test_options_round_trip(
             emission_factor=56,
             ack_rate_sla=95,
             release_at_end=False,
+            verify_window=20,
+            delivery_tolerance_pct=5,
+            delivery_tolerance_kw=0.5,
         ),
     )
     await hass.async_block_till_done()
@@ -635,6 +638,9 @@ async def test_options_round_trip(
         "emission_factor": 56.0,
         "ack_rate_sla": 95.0,
         "webhook_enabled": False,
+        "verify_window": 20.0,
+        "delivery_tolerance_pct": 5.0,
+        "delivery_tolerance_kw": 0.5,
     }
     assert entry.options == expected
     assert type(entry.options["qos"]) is int
@@ -669,6 +675,9 @@ async def test_options_round_trip(
     assert fleet.prediction_lookback_days == 14
     assert fleet.webhook_enabled is False
     assert fleet.webhook_id is None
+    assert fleet.verify_window == 20.0
+    assert fleet.delivery_tolerance.fraction == pytest.approx(0.05)
+    assert fleet.delivery_tolerance.kw == 0.5
 
     # The form shows the stored options next time.
     result = await hass.config_entries.options.async_init(entry.entry_id)

@@ -1,4 +1,4 @@
-"""Logbook description of the dispatch completion event."""
+"""Logbook descriptions of the dispatch completion and verification events."""
 
 from __future__ import annotations
 
@@ -12,18 +12,28 @@ from homeassistant.components.logbook.const import (
 from homeassistant.core import Event, HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.v2g.const import DOMAIN, EVENT_DISPATCH_COMPLETED
-from custom_components.v2g.logbook import async_describe_events, describe_dispatch
+from custom_components.v2g.const import (
+    DOMAIN,
+    EVENT_DISPATCH_COMPLETED,
+    EVENT_DISPATCH_VERIFIED,
+)
+from custom_components.v2g.logbook import (
+    async_describe_events,
+    describe_dispatch,
+    describe_verification,
+)
 
 
-def _describer(hass: HomeAssistant) -> Callable[[Event], dict[str, str]]:
+def _describer(
+    hass: HomeAssistant, event_type: str = EVENT_DISPATCH_COMPLETED
+) -> Callable[[Event], dict[str, str]]:
     found: dict[tuple[str, str], Callable[[Event], dict[str, str]]] = {}
 
     def register(domain: str, event_type: str, describe: Any) -> None:
         found[(domain, event_type)] = describe
 
     async_describe_events(hass, register)
-    return found[(DOMAIN, EVENT_DISPATCH_COMPLETED)]
+    return found[(DOMAIN, event_type)]
 
 
 async def test_describe_dispatch_event(hass: HomeAssistant) -> None:
@@ -68,4 +78,71 @@ def test_describe_dispatch_texts() -> None:
     assert (
         describe_dispatch({"status": "failed", "signal": "junk", "ack_rate": None})
         == "dispatched ? kW ?: failed, ? % acknowledged"
+    )
+
+
+async def test_describe_verification_event(hass: HomeAssistant) -> None:
+    entry = MockConfigEntry(domain=DOMAIN, title="V2G fleet")
+    entry.add_to_hass(hass)
+    describe = _describer(hass, EVENT_DISPATCH_VERIFIED)
+    data = {
+        "config_entry_id": entry.entry_id,
+        "dispatch_id": "d1",
+        "signal_type": "aFRR",
+        "requested_kw": 30.0,
+        "acknowledged_kw": 30.0,
+        "delivered_kw": 28.5,
+        "delivery_ratio": 0.95,
+        "following": 8,
+        "not_following": ["veh003", "veh007"],
+        "not_following_count": 2,
+        "unmeasured": 0,
+    }
+    assert describe(Event(EVENT_DISPATCH_VERIFIED, data)) == {
+        LOGBOOK_ENTRY_NAME: "V2G fleet",
+        LOGBOOK_ENTRY_MESSAGE: "delivered 28.5 of 30 kW aFRR (95 %), "
+        "2 vehicles not following: veh003, veh007",
+    }
+
+
+def test_describe_verification_texts() -> None:
+    assert (
+        describe_verification(
+            {
+                "signal_type": "FCR",
+                "acknowledged_kw": 20.0,
+                "delivered_kw": 19.6,
+                "delivery_ratio": 0.98,
+                "not_following": [],
+                "not_following_count": 0,
+                "unmeasured": 0,
+            }
+        )
+        == "delivered 19.6 of 20 kW FCR (98 %)"
+    )
+    ids = [f"v{i:02d}" for i in range(20)]
+    assert describe_verification(
+        {
+            "signal_type": "MA",
+            "acknowledged_kw": -10.0,
+            "delivered_kw": 2.0,
+            "delivery_ratio": -0.2,
+            "not_following": ids,
+            "not_following_count": 25,
+            "unmeasured": 1,
+        }
+    ) == (
+        "delivered 2 of -10 kW MA (-20 %), 25 vehicles not following: "
+        "v00, v01, v02, v03, v04, …, 1 vehicle unmeasured"
+    )
+    # Nothing acknowledged: no ratio; damaged data does not raise.
+    assert (
+        describe_verification(
+            {"signal_type": "NEBEF", "acknowledged_kw": 0.0, "delivered_kw": 0.0}
+        )
+        == "delivered 0 of 0 kW NEBEF"
+    )
+    assert (
+        describe_verification({"not_following": "junk", "unmeasured": "x"})
+        == "delivered ? of ? kW ?"
     )

@@ -139,6 +139,31 @@ async def test_log_is_bounded_by_the_orders_it_holds(
     assert [e["dispatch_id"] for e in again.query()] == ["s4", "s5"]
 
 
+async def test_log_amend_replaces_an_entry_by_a_copy(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    log = DispatchLogStore(hass, "e1", max_entries=100, max_orders=4)
+    await log.async_load()
+    log.append(_entry("d1", "FCR", T0, vehicles={"a": {"power_kw": 1.0}}))
+    log.append(_entry("d2", "FCR", T0, vehicles={"b": {"power_kw": 1.0}}))
+    (before,) = log.query(vehicle_id="a")
+
+    assert log.amend("d1", {"delivered_kw": 0.9, "vehicles": {"a": {"x": 1}}})
+    (after,) = log.query(vehicle_id="a")
+    assert after["delivered_kw"] == 0.9
+    assert after["vehicles"] == {"a": {"x": 1}}
+    assert after["status"] == "completed"  # the other keys stay
+    assert "delivered_kw" not in before  # the old entry object is unchanged
+    assert not log.amend("gone", {"delivered_kw": 1.0})
+    await log.async_flush()
+    saved = hass_storage["v2g.e1.dispatch_log"]["data"]["entries"]
+    assert saved[0]["delivered_kw"] == 0.9
+    # The order bound follows an amended entry's orders.
+    log.amend("d2", {"vehicles": {f"b{i}": {} for i in range(3)}})
+    log.append(_entry("d3", "FCR", T0, vehicles={"c": {}}))
+    assert [e["dispatch_id"] for e in log.query()] == ["d2", "d3"]
+
+
 async def test_fleet_store_debounce_and_flush(
     hass: HomeAssistant, hass_storage: dict[str, Any]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from http import HTTPStatus
@@ -19,6 +20,8 @@ import pytest
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_capture_events,
+    async_fire_mqtt_message,
+    async_fire_time_changed,
 )
 from pytest_homeassistant_custom_component.typing import (
     ClientSessionGenerator,
@@ -211,6 +214,46 @@ async def test_negative_power_charges_and_ecowatt_is_accepted(
     assert all(order["signal_type"] == "EcoWatt" for order in responder.orders)
 
 
+async def test_verify_answers_with_the_measured_delivery(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_client_no_auth: ClientSessionGenerator,
+) -> None:
+    await _fleet(hass)
+    FleetResponder(hass, fleet_mqtt)
+    completed = async_capture_events(hass, EVENT_DISPATCH_COMPLETED)
+    client = await hass_client_no_auth()
+
+    answer = asyncio.ensure_future(
+        client.post(URL, json=_signal(power=12, verify=True))
+    )
+    for _ in range(500):  # until the dispatch is over (real time: the acks)
+        if completed:
+            break
+        await asyncio.sleep(0.01)
+    for vehicle_id, power in (("v1", 6.0), ("v2", 3.0)):  # what they really do
+        async_fire_mqtt_message(
+            hass,
+            f"v2g/vehicle/state/{vehicle_id}",
+            json.dumps({"vehicle_id": vehicle_id, "power_kw": power}),
+        )
+    await hass.async_block_till_done()
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=11))
+    resp = await answer
+
+    assert resp.status == HTTPStatus.OK
+    body = await resp.json()
+    assert body["acknowledged_kw"] == 12.0
+    assert body["delivered_kw"] == 9.0
+    assert body["delivery_ratio"] == 0.75
+    assert body["unmeasured"] == []
+    assert body["vehicles"]["v2"]["measured_kw"] == 3.0
+    assert body["vehicles"]["v2"]["following"] is False
+    # Without it the answer does not wait and has no measurements.
+    resp = await client.post(URL, json=_signal(power=12))
+    assert "delivered_kw" not in await resp.json()
+
+
 # --- refused requests ------------------------------------------------------------------
 
 
@@ -273,6 +316,12 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
         "bad meta",
         {**_signal(), "meta": "x"},
         "meta must be an object",
+        "webhook_invalid",
+    ),
+    (
+        "bad verify",
+        _signal(verify="yes"),
+        "verify must be true or false",
         "webhook_invalid",
     ),
     (

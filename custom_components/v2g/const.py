@@ -76,6 +76,10 @@ CONF_ACK_RATE_SLA: Final = "ack_rate_sla"  # percent
 CONF_WEBHOOK_ENABLED: Final = "webhook_enabled"
 CONF_RELEASE_AT_END: Final = "release_at_end"
 CONF_WEBHOOK_ID: Final = "webhook_id"  # generated, kept in options
+# Delivery verification (docs/dispatch.md#verification)
+CONF_VERIFY_WINDOW: Final = "verify_window"  # seconds after the last ack
+CONF_DELIVERY_TOLERANCE_PCT: Final = "delivery_tolerance_pct"  # percent of |setpoint|
+CONF_DELIVERY_TOLERANCE_KW: Final = "delivery_tolerance_kw"  # kW, the band's floor
 
 PREDICTION_OFF: Final = "off"
 PREDICTION_STATIC: Final = "static_profile"
@@ -104,6 +108,9 @@ DEFAULT_ACK_RATE_SLA: Final = 90.0
 DEFAULT_WEBHOOK_ENABLED: Final = False
 # Send 0 kW to the vehicles still holding a dispatch's setpoint when it ends.
 DEFAULT_RELEASE_AT_END: Final = True
+DEFAULT_VERIFY_WINDOW: Final = 10.0
+DEFAULT_DELIVERY_TOLERANCE_PCT: Final = 10.0
+DEFAULT_DELIVERY_TOLERANCE_KW: Final = 1.0
 # Default strategy per signal type: smart, FCR optimal.
 DEFAULT_STRATEGIES: Final[dict[str, str]] = {
     "FCR": "optimal",
@@ -129,6 +136,7 @@ SERVICE_GET_DISPATCH_LOG: Final = "get_dispatch_log"
 SERVICE_PLAN_DAY_AHEAD: Final = "plan_day_ahead"
 
 EVENT_DISPATCH_COMPLETED: Final = "v2g_dispatch_completed"
+EVENT_DISPATCH_VERIFIED: Final = "v2g_dispatch_verified"
 
 DISPATCH_LOG_MAX_ENTRIES: Final = 1000
 DISCOVERY_WINDOW_S: Final = 2.0

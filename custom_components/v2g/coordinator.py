@@ -8,7 +8,8 @@ nothing is polled. What changes the fleet:
   (fleet_input.py);
 * hand-added vehicles, the HA entities they follow and those that control them
   (manual_vehicles.py, controlled_vehicles.py: a command channel of its own);
-* dispatches (dispatcher.py).
+* dispatches (dispatcher.py), whose delivery is measured afterwards
+  (verification.py).
 
 A new immutable `FleetSnapshot` (engine/snapshot.py) is built in steps by the
 base class's refresh: right away after a dispatch or a discovery, through the
@@ -51,6 +52,7 @@ from .options import FleetOptions, availability_prediction, effective_options
 from .persistence import FleetData, FleetPersistence
 from .runtime import HassRuntime
 from .vehicle_updates import VehicleUpdates
+from .verification import DeliveryVerifier
 
 type V2GConfigEntry = ConfigEntry[V2GFleetCoordinator]
 
@@ -142,6 +144,18 @@ class V2GFleetCoordinator(DataUpdateCoordinator[FleetSnapshot]):
             monotonic=self.runtime.monotonic,
             on_change=self._fleet_changed,
             ready=self.dispatcher.async_ready_to_publish,
+        )
+        self.verifier = self.dispatcher.verifier = DeliveryVerifier(
+            hass,
+            entry,
+            self.config,
+            fleet=self.fleet,
+            fleet_input=self.fleet_input,
+            input_log=self.input_log,
+            persistence=persistence,
+            metrics=self.metrics,
+            connected=lambda: self.connected,
+            refresh=self.async_refresh,
         )
         self._snapshots = SnapshotBuilder()
         # Fleet changes seen, and how many of them the last snapshot includes.

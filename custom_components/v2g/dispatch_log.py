@@ -43,8 +43,9 @@ class _DispatchLogFile(Store[dict[str, Any]]):
 class DispatchLogStore:
     """Bounded, persisted log of finished dispatches (docs/actions.md responses).
 
-    An entry is not changed once appended: the Store's writer thread encodes the
-    entries (a 10,000-vehicle dispatch is ~2.6 MB of JSON, ~6 ms to encode).
+    An entry is never changed in place: the Store's writer thread encodes the
+    entries (a 10,000-vehicle dispatch is ~2.6 MB of JSON, ~6 ms to encode), so
+    `amend` replaces an entry with a new one.
     """
 
     def __init__(
@@ -112,17 +113,22 @@ class DispatchLogStore:
 
     @callback
     def amend(self, dispatch_id: str, fields: Mapping[str, Any]) -> bool:
-        """Merge `fields` into the newest entry of a dispatch; False if gone.
+        """Replace a logged dispatch with a copy that has ``fields`` merged in.
 
-        The entry is replaced, never changed in place: the writer thread may be
-        encoding the previous one.
+        Top-level keys are replaced (a section such as ``vehicles`` is replaced
+        whole). Returns False when the dispatch is no longer (or never was) in
+        the log.
         """
         entries = self._entries
-        for index in range(len(entries) - 1, -1, -1):
-            if entries[index].get("dispatch_id") == dispatch_id:
-                entries[index] = {**entries[index], **fields}
-                self._writer.async_schedule(self._data_steps)
-                return True
+        for index in range(len(entries) - 1, -1, -1):  # the newest are amended
+            entry = entries[index]
+            if entry.get("dispatch_id") != dispatch_id:
+                continue
+            amended = {**entry, **fields}
+            self._orders += _order_count(amended) - _order_count(entry)
+            entries[index] = amended
+            self._writer.async_schedule(self._data_steps)
+            return True
         return False
 
     async def async_flush(self) -> None:

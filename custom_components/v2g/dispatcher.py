@@ -3,10 +3,11 @@
 A dispatch is validated (dispatching.py), waits until the broker confirmed the
 answer subscriptions, is marked in flight before its first order leaves, runs in
 the engine, and is then accounted in the metrics, appended to the dispatch log
-and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event).
-When its orders end, the vehicles still holding them are released (releases.py).
-Dispatches still running when the entry unloads, or left by a stop of Home
-Assistant, are recorded as ``interrupted``.
+and announced on the bus (`v2g_dispatch_completed`, docs/actions.md#dispatch-completed-event);
+its delivery is verified later (verification.py), and when its orders end the
+vehicles still holding them are released (releases.py). Dispatches still running
+when the entry unloads, or left by a stop of Home Assistant, are recorded as
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .intake import MqttIntake
 from .persistence import FleetPersistence
 from .releases import SetpointReleases
 from .vehicle_updates import VehicleUpdates
+from .verification import DeliveryVerifier
 
 SUBSCRIBE_CONFIRM_TIMEOUT_S = 10.0
 
@@ -75,6 +77,8 @@ class FleetDispatcher:
         self._refresh = refresh
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Set by the coordinator once the fleet input exists (it polls).
+        self.verifier: DeliveryVerifier | None = None
         self.releases = SetpointReleases(
             hass,
             entry,
@@ -149,7 +153,10 @@ class FleetDispatcher:
                 self._tasks.discard(task)
         self._persistence.async_clear(request.dispatch_id)
         await asyncio.sleep(0)  # the engine's last step learnt from every order
-        self.record_finished(result.as_response())
+        response = result.as_response()
+        self.record_finished(response)
+        if self.verifier is not None:
+            self.verifier.async_schedule(result, response)
         if self._release_at_end:
             self.releases.async_schedule()
         await asyncio.sleep(0)  # 10,000 orders: two steps of ~15 ms
@@ -202,7 +209,7 @@ class FleetDispatcher:
             self.record_finished(response)
 
     async def async_stop(self) -> None:
-        """Cancel the running dispatches and record them as interrupted."""
+        """Cancel the running dispatches (recorded as interrupted) and verifications."""
         self._stopping = True
         running = self._engine.pending_dispatches()
         for task in list(self._tasks):
@@ -213,3 +220,5 @@ class FleetDispatcher:
         for record in running:
             self.record_finished(self._engine.record_interrupted(record, now))
             self._persistence.async_clear(str(record.get("dispatch_id")))
+        if self.verifier is not None:  # after the dispatches that may schedule one
+            await self.verifier.async_stop()

@@ -3,8 +3,9 @@
 Measurement intake, apart from the command channels (channels.py), which carry
 orders and their answers. Discovery answers add or update vehicles (with their
 hand-set values applied, manual_vehicles.py); telemetry updates SoC,
-availability and charging. Pull mode polls telemetry on the request topic
-(docs/protocol.md#telemetry).
+availability and charging, and its power is kept with its time of receipt for
+the delivery verification (verification.py). Pull mode polls telemetry on the
+request topic (docs/protocol.md#telemetry).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.util import dt as dt_util
 
 from .const import (
     CONF_DISCOVERY_RESPONSE_TOPIC,
@@ -29,6 +31,7 @@ from .const import (
     TELEMETRY_POLL_PAYLOAD,
 )
 from .engine import EngineError, FleetState, Vehicle, decode_telemetry, decode_vehicle
+from .engine.delivery import PowerReadings
 from .intake import InputLog, Route
 from .manual_vehicles import ManualVehicles
 from .transport import SubscriptionGate, TopicTemplate
@@ -68,6 +71,8 @@ class FleetInput:
         self._on_change = on_change
         self._ready = ready
         self._sessions: list[dict[str, Vehicle]] = []
+        # Measured power of the MQTT vehicles, when received (verification.py).
+        self.power_readings = PowerReadings()
 
     def routes(self, *, polled: bool) -> list[Route]:
         """Discovery answers, pushed telemetry and (when ``polled``) poll answers."""
@@ -177,6 +182,10 @@ class FleetInput:
         except EngineError:
             return False
         self._fleet.apply_telemetry(telemetry, self._monotonic())
+        if telemetry.power_kw is not None:
+            self.power_readings.record(
+                telemetry.vehicle_id, telemetry.power_kw, dt_util.utcnow()
+            )
         if telemetry.soc is not None:
             self._soc_known.add(telemetry.vehicle_id)
         self._on_change()

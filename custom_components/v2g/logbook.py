@@ -1,4 +1,4 @@
-"""Describe V2G Fleet Dispatch events in the logbook."""
+"""Describe V2G Fleet Dispatch events in the logbook (docs/actions.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from homeassistant.components.logbook.const import (
 )
 from homeassistant.core import Event, HomeAssistant, callback
 
-from .const import ATTR_CONFIG_ENTRY_ID, DEFAULT_NAME, DOMAIN, EVENT_DISPATCH_COMPLETED
+from .const import (
+    ATTR_CONFIG_ENTRY_ID,
+    DEFAULT_NAME,
+    DOMAIN,
+    EVENT_DISPATCH_COMPLETED,
+    EVENT_DISPATCH_VERIFIED,
+)
+
+# Vehicle ids named in a verification line; more are counted, not named.
+LOGBOOK_ID_LIMIT = 5
 
 
 def _number(value: Any) -> str:
@@ -36,24 +45,61 @@ def describe_dispatch(data: dict[str, Any]) -> str:
     return f"dispatched {_number(power)} kW {kind}: {status}, {percent} acknowledged"
 
 
+def _vehicles(count: int) -> str:
+    return f"{count} vehicle" if count == 1 else f"{count} vehicles"
+
+
+def describe_verification(data: dict[str, Any]) -> str:
+    """Return the one-line summary of a dispatch's delivery verification."""
+    kind = data.get("signal_type", "?")
+    text = (
+        f"delivered {_number(data.get('delivered_kw'))} of "
+        f"{_number(data.get('acknowledged_kw'))} kW {kind}"
+    )
+    ratio = data.get("delivery_ratio")
+    if isinstance(ratio, (int, float)):
+        text += f" ({round(float(ratio) * 100):d} %)"
+    ids = data.get("not_following")
+    ids = [str(i) for i in ids] if isinstance(ids, list) else []
+    count = data.get("not_following_count", len(ids))
+    if isinstance(count, int) and count > 0:
+        named = ", ".join(ids[:LOGBOOK_ID_LIMIT])
+        more = ", …" if count > min(len(ids), LOGBOOK_ID_LIMIT) else ""
+        text += f", {_vehicles(count)} not following: {named}{more}"
+    unmeasured = data.get("unmeasured")
+    if isinstance(unmeasured, int) and unmeasured > 0:
+        text += f", {_vehicles(unmeasured)} unmeasured"
+    return text
+
+
 @callback
 def async_describe_events(
     hass: HomeAssistant,
     async_describe_event: Callable[[str, str, Callable[[Event], dict[str, str]]], None],
 ) -> None:
-    """Describe the dispatch completion event."""
+    """Describe the dispatch completion and verification events."""
 
-    @callback
-    def async_describe_dispatch(event: Event) -> dict[str, str]:
-        name = DEFAULT_NAME
+    def _name(event: Event) -> str:
         entry_id = event.data.get(ATTR_CONFIG_ENTRY_ID)
         if isinstance(entry_id, str) and (
             entry := hass.config_entries.async_get_entry(entry_id)
         ):
-            name = entry.title
+            return entry.title
+        return DEFAULT_NAME
+
+    @callback
+    def async_describe_dispatch(event: Event) -> dict[str, str]:
         return {
-            LOGBOOK_ENTRY_NAME: name,
+            LOGBOOK_ENTRY_NAME: _name(event),
             LOGBOOK_ENTRY_MESSAGE: describe_dispatch(dict(event.data)),
         }
 
+    @callback
+    def async_describe_verification(event: Event) -> dict[str, str]:
+        return {
+            LOGBOOK_ENTRY_NAME: _name(event),
+            LOGBOOK_ENTRY_MESSAGE: describe_verification(dict(event.data)),
+        }
+
     async_describe_event(DOMAIN, EVENT_DISPATCH_COMPLETED, async_describe_dispatch)
+    async_describe_event(DOMAIN, EVENT_DISPATCH_VERIFIED, async_describe_verification)

@@ -17,6 +17,8 @@ from homeassistant.util import dt as dt_util
 from .const import (
     CONF_ACK_RATE_SLA,
     CONF_ACK_TIMEOUT,
+    CONF_DELIVERY_TOLERANCE_KW,
+    CONF_DELIVERY_TOLERANCE_PCT,
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
@@ -31,10 +33,13 @@ from .const import (
     CONF_STALE_TIMEOUT,
     CONF_STRATEGY_PREFIX,
     CONF_TELEMETRY_MODE,
+    CONF_VERIFY_WINDOW,
     CONF_WEBHOOK_ENABLED,
     CONF_WEBHOOK_ID,
     DEFAULT_ACK_RATE_SLA,
     DEFAULT_ACK_TIMEOUT,
+    DEFAULT_DELIVERY_TOLERANCE_KW,
+    DEFAULT_DELIVERY_TOLERANCE_PCT,
     DEFAULT_EMISSION_FACTOR,
     DEFAULT_FALLBACK,
     DEFAULT_MIN_SOC,
@@ -49,6 +54,7 @@ from .const import (
     DEFAULT_STALE_TIMEOUT,
     DEFAULT_STRATEGIES,
     DEFAULT_TELEMETRY_MODE,
+    DEFAULT_VERIFY_WINDOW,
     DEFAULT_WEBHOOK_ENABLED,
     LOGGER,
     PREDICTION_HISTORY,
@@ -67,6 +73,7 @@ from .engine import (
     parse_hourly_profile,
 )
 from .engine.availability import HistoryPrediction
+from .engine.delivery import DeliveryTolerance
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry
@@ -82,7 +89,9 @@ def default_options() -> dict[str, Any]:
     comma-separated percentages), ``prediction_lookback_days`` int,
     ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
     ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
-    ``webhook_enabled`` / ``release_at_end`` bool. ``webhook_id`` (str) is added by the options flow the
+    ``webhook_enabled`` / ``release_at_end`` bool, ``verify_window`` float (s),
+    ``delivery_tolerance_pct`` float (percent), ``delivery_tolerance_kw`` float.
+    ``webhook_id`` (str) is added by the options flow the
     first time the webhook is enabled, so it is not part of the defaults.
     """
     options: dict[str, Any] = {
@@ -107,6 +116,9 @@ def default_options() -> dict[str, Any]:
             CONF_EMISSION_FACTOR: DEFAULT_EMISSION_FACTOR,
             CONF_ACK_RATE_SLA: DEFAULT_ACK_RATE_SLA,
             CONF_WEBHOOK_ENABLED: DEFAULT_WEBHOOK_ENABLED,
+            CONF_VERIFY_WINDOW: DEFAULT_VERIFY_WINDOW,
+            CONF_DELIVERY_TOLERANCE_PCT: DEFAULT_DELIVERY_TOLERANCE_PCT,
+            CONF_DELIVERY_TOLERANCE_KW: DEFAULT_DELIVERY_TOLERANCE_KW,
         }
     )
     return options
@@ -185,6 +197,10 @@ class FleetOptions:
     webhook_id: str | None
     # Send 0 kW to vehicles still holding a setpoint when its dispatch ends.
     release_at_end: bool
+    # Seconds after the last ack at which a dispatch's delivery is measured.
+    verify_window: float
+    # How far measured power may be from a setpoint and still follow it.
+    delivery_tolerance: DeliveryTolerance
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FleetOptions:
@@ -215,6 +231,11 @@ class FleetOptions:
             webhook_enabled=bool(values[CONF_WEBHOOK_ENABLED]),
             webhook_id=None if webhook_id is None else str(webhook_id),
             release_at_end=bool(values[CONF_RELEASE_AT_END]),
+            verify_window=float(values[CONF_VERIFY_WINDOW]),
+            delivery_tolerance=DeliveryTolerance(
+                fraction=_fraction(values[CONF_DELIVERY_TOLERANCE_PCT]),
+                kw=float(values[CONF_DELIVERY_TOLERANCE_KW]),
+            ),
         )
 
     @classmethod

@@ -1,8 +1,9 @@
 """Options flow for V2G Fleet Dispatch.
 
 ``OptionsFlowWithReload`` (no update listener): dispatch, safety, prediction,
-telemetry and reporting settings, shown in sections but stored flat in
-``entry.options`` (see :func:`.options.default_options` and docs/options.md).
+telemetry, reporting and delivery verification settings, shown in sections but
+stored flat in ``entry.options`` (see :func:`.options.default_options` and
+docs/options.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import voluptuous as vol
 from .const import (
     CONF_ACK_RATE_SLA,
     CONF_ACK_TIMEOUT,
+    CONF_DELIVERY_TOLERANCE_KW,
+    CONF_DELIVERY_TOLERANCE_PCT,
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
@@ -44,6 +47,7 @@ from .const import (
     CONF_STALE_TIMEOUT,
     CONF_STRATEGY_PREFIX,
     CONF_TELEMETRY_MODE,
+    CONF_VERIFY_WINDOW,
     CONF_WEBHOOK_ENABLED,
     CONF_WEBHOOK_ID,
     DEFAULT_STRATEGIES,
@@ -83,6 +87,7 @@ SECTION_SAFETY: Final = "safety"
 SECTION_PREDICTION: Final = "prediction"
 SECTION_TELEMETRY: Final = "telemetry"
 SECTION_REPORTING: Final = "reporting"
+SECTION_DELIVERY: Final = "delivery"
 # Read-only field of the reporting section: the path of the signal webhook.
 FIELD_WEBHOOK_URL: Final = "webhook_url"
 OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
@@ -101,6 +106,11 @@ OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     ),
     SECTION_TELEMETRY: (CONF_TELEMETRY_MODE, CONF_POLL_INTERVAL, CONF_STALE_TIMEOUT),
     SECTION_REPORTING: (CONF_EMISSION_FACTOR, CONF_ACK_RATE_SLA, CONF_WEBHOOK_ENABLED),
+    SECTION_DELIVERY: (
+        CONF_VERIFY_WINDOW,
+        CONF_DELIVERY_TOLERANCE_PCT,
+        CONF_DELIVERY_TOLERANCE_KW,
+    ),
 }
 
 
@@ -175,6 +185,9 @@ def _option_selectors() -> dict[str, Selector[Any]]:
             CONF_EMISSION_FACTOR: number_selector(0, None, 1, "g/kWh"),
             CONF_ACK_RATE_SLA: number_selector(0, 100, 1, "%"),
             CONF_WEBHOOK_ENABLED: BooleanSelector(),
+            CONF_VERIFY_WINDOW: number_selector(0, 600, 1, "s"),
+            CONF_DELIVERY_TOLERANCE_PCT: number_selector(0, 100, 1, "%"),
+            CONF_DELIVERY_TOLERANCE_KW: number_selector(0, 1000, 0.1, "kW"),
         }
     )
     return selectors
@@ -232,6 +245,9 @@ def _validate_options(
         CONF_STALE_TIMEOUT,
         CONF_EMISSION_FACTOR,
         CONF_ACK_RATE_SLA,
+        CONF_VERIFY_WINDOW,
+        CONF_DELIVERY_TOLERANCE_PCT,
+        CONF_DELIVERY_TOLERANCE_KW,
     ):
         options[key] = float(options[key])
     options[CONF_QOS] = int(options[CONF_QOS])

@@ -200,6 +200,23 @@ FLEET_SENSORS: tuple[V2GFleetSensorDescription, ...] = (
         entity_category=EntityCategory.DIAGNOSTIC,
         value_fn=lambda data: data.ack_latency_p95_ms,
     ),
+    V2GFleetSensorDescription(
+        key="delivered_power",
+        translation_key="delivered_power",
+        device_class=SensorDeviceClass.POWER,
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=UnitOfPower.KILO_WATT,
+        suggested_display_precision=1,
+        value_fn=lambda data: data.last_delivered_kw,
+    ),
+    V2GFleetSensorDescription(
+        key="delivery_ratio_24h",
+        translation_key="delivery_ratio_24h",
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=0,
+        value_fn=lambda data: _percent(data.delivery_ratio_24h),
+    ),
 )
 
 

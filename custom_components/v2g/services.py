@@ -49,6 +49,7 @@ ATTR_DURATION: Final = "duration"
 ATTR_VEHICLES: Final = "vehicles"
 ATTR_STRATEGY: Final = "strategy"
 ATTR_DRY_RUN: Final = "dry_run"
+ATTR_VERIFY: Final = "verify"
 ATTR_START: Final = "start"
 ATTR_END: Final = "end"
 ATTR_VEHICLE_ID: Final = "vehicle_id"
@@ -107,6 +108,7 @@ DISPATCH_SCHEMA: Final = _action_schema(
         vol.Optional(ATTR_VEHICLES): _ID_LIST,
         vol.Optional(ATTR_STRATEGY): _strategy,
         vol.Optional(ATTR_DRY_RUN, default=False): cv.boolean,
+        vol.Optional(ATTR_VERIFY, default=False): cv.boolean,
     }
 )
 DISCOVER_SCHEMA: Final = _action_schema({vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY})
@@ -259,25 +261,31 @@ def plan_fleet_day_ahead(
     }
 
 
+async def async_handle_dispatch(call: ServiceCall) -> ServiceResponse:
+    """Handle v2g.dispatch (with ``verify``: wait for the verification too)."""
+    coordinator = _get_coordinator(call)
+    duration: timedelta = call.data[ATTR_DURATION]
+    vehicles = call.data.get(ATTR_VEHICLES)
+    result = await coordinator.dispatcher.async_dispatch(
+        call.data[ATTR_SIGNAL_TYPE],
+        call.data[ATTR_POWER_KW],
+        duration.total_seconds(),
+        vehicle_ids=None if vehicles is None else tuple(vehicles),
+        strategy=call.data.get(ATTR_STRATEGY),
+        dry_run=call.data[ATTR_DRY_RUN],
+    )
+    report = None
+    if call.data[ATTR_VERIFY]:  # docs/actions.md#verification
+        report = await coordinator.verifier.async_report(result.dispatch_id)
+    if not call.return_response:
+        return None
+    response = result.as_response()
+    return response if report is None else report.verified_response(response)
+
+
 @callback
 def async_setup_services(hass: HomeAssistant) -> None:
     """Register the actions of the integration."""
-
-    async def async_dispatch(call: ServiceCall) -> ServiceResponse:
-        coordinator = _get_coordinator(call)
-        duration: timedelta = call.data[ATTR_DURATION]
-        vehicles = call.data.get(ATTR_VEHICLES)
-        result = await coordinator.dispatcher.async_dispatch(
-            call.data[ATTR_SIGNAL_TYPE],
-            call.data[ATTR_POWER_KW],
-            duration.total_seconds(),
-            vehicle_ids=None if vehicles is None else tuple(vehicles),
-            strategy=call.data.get(ATTR_STRATEGY),
-            dry_run=call.data[ATTR_DRY_RUN],
-        )
-        if not call.return_response:
-            return None
-        return result.as_response()
 
     async def async_discover(call: ServiceCall) -> ServiceResponse:
         coordinator = _get_coordinator(call)
@@ -339,7 +347,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
     hass.services.async_register(
         DOMAIN,
         SERVICE_DISPATCH,
-        async_dispatch,
+        async_handle_dispatch,
         schema=DISPATCH_SCHEMA,
         supports_response=SupportsResponse.OPTIONAL,
     )

@@ -28,6 +28,8 @@ Decisions (differences from the Go server):
   is left of it (end - now), so the orders expire when the block ends; a block
   that has already ended is refused (400 ``signal already ended``).
 * ``meta`` is accepted (an object) and ignored, as in Go.
+* ``verify`` (optional boolean, not in Go): answer only once the dispatch's
+  delivery is verified, with the measurements (docs/actions.md#verification).
 
 Unknown webhook ids never reach this module: Home Assistant answers them itself
 (200 with an empty body, so the existence of a webhook is not given away).
@@ -105,6 +107,7 @@ class RteSignal:
     start: datetime
     end: datetime
     duration_s: float
+    verify: bool = False
 
 
 def _invalid(message: str, code: str = "invalid") -> SignalRejectedError:
@@ -166,11 +169,14 @@ def parse_rte_signal(data: Any, now: datetime) -> RteSignal:
     meta = data.get("meta")
     if meta is not None and not isinstance(meta, Mapping):
         raise _invalid("meta must be an object")
+    verify = data.get("verify", False)
+    if not isinstance(verify, bool):
+        raise _invalid("verify must be true or false")
     if end <= now:
         raise _invalid("signal already ended", "ended")
     # Dispatched now: a future block keeps its length, a running one what is left.
     duration_s = (end - max(start, now)).total_seconds()
-    return RteSignal(signal_type, power_kw, start, end, duration_s)
+    return RteSignal(signal_type, power_kw, start, end, duration_s, verify)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -231,6 +237,9 @@ async def async_handle_signal(
             result = await coordinator.dispatcher.async_dispatch(
                 signal.signal_type, signal.power_kw, signal.duration_s
             )
+            report = None
+            if signal.verify:
+                report = await coordinator.verifier.async_report(result.dispatch_id)
         except ServiceValidationError as err:
             raise _invalid(str(err), "invalid_value") from err
         except HomeAssistantError as err:
@@ -247,7 +256,10 @@ async def async_handle_signal(
                 HTTPStatus.INTERNAL_SERVER_ERROR, "error", "internal error"
             ),
         )
-    return _json_response(result.as_response(), HTTPStatus.OK)
+    response = result.as_response()
+    if report is not None:
+        response = report.verified_response(response)
+    return _json_response(response, HTTPStatus.OK)
 
 
 @callback

@@ -8,7 +8,9 @@ vehicle discharged / charged, integrated from its acknowledged setpoints.
 Reliability is the Go `AckBasedTuner` idea done per vehicle: an exponentially
 weighted ack success rate (acknowledged = 1, rejected or timed out = 0; publish
 failures and superseded orders are not the vehicle's fault and do not count),
-bounded to [0.1, 1.0] and starting at 1.0.
+bounded to [0.1, 1.0] and starting at 1.0. A verified delivery is a sample too:
+a measured vehicle that followed its setpoint counts 1, one that did not 0
+(docs/dispatch.md#verification).
 
 A setpoint holds from its ack until it is replaced or its order expires. Energy is
 integrated lazily: when the setpoint changes and when `accrue(now)` is called.
@@ -68,6 +70,10 @@ class VehicleStats:
     last_latency_ms: float | None = None
     last_status: OrderStatus | None = None
     last_outcome_at: datetime | None = None
+    # Verified deliveries (measured vehicles only) and those not following.
+    verified: int = 0
+    not_following: int = 0
+    last_verified_at: datetime | None = None
 
     @property
     def ack_rate(self) -> float | None:
@@ -89,6 +95,11 @@ class VehicleStats:
             "last_outcome_at": None
             if self.last_outcome_at is None
             else isoformat_utc(self.last_outcome_at),
+            "verified": self.verified,
+            "not_following": self.not_following,
+            "last_verified_at": None
+            if self.last_verified_at is None
+            else isoformat_utc(self.last_verified_at),
         }
 
     def count(
@@ -110,6 +121,7 @@ class VehicleStats:
         """Inverse of `as_dict`."""
         status = data.get("last_status")
         at = data.get("last_outcome_at")
+        verified_at = data.get("last_verified_at")
         return cls(
             sent=int(data.get("sent", 0)),
             acknowledged=int(data.get("acknowledged", 0)),
@@ -121,6 +133,9 @@ class VehicleStats:
             last_latency_ms=_optional_float(data.get("last_latency_ms")),
             last_status=None if status is None else OrderStatus(status),
             last_outcome_at=None if at is None else _parse_time(at),
+            verified=int(data.get("verified", 0)),
+            not_following=int(data.get("not_following", 0)),
+            last_verified_at=None if verified_at is None else _parse_time(verified_at),
         )
 
 
@@ -395,15 +410,33 @@ class FleetState:
         stats.count(status, latency_ms, at)
         sample = _RELIABILITY_SAMPLE.get(status)
         if sample is not None:
-            previous = self._reliability.get(vehicle_id, RELIABILITY_MAX)
-            updated = previous + RELIABILITY_ALPHA * (sample - previous)
-            self._reliability[vehicle_id] = min(
-                max(updated, RELIABILITY_MIN), RELIABILITY_MAX
-            )
+            self._learn_reliability(vehicle_id, sample)
         if status is OrderStatus.ACKNOWLEDGED:
             self._energy.hold(
                 vehicle_id, power_kw, at, expires_at, dispatch_id, signal_type
             )
+
+    def record_delivery(self, vehicle_id: str, following: bool, at: datetime) -> None:
+        """Learn from a verified delivery of a measured vehicle.
+
+        Following its setpoint is a reliability sample of 1, not following one of
+        0 (docs/dispatch.md#verification); `at` is when it was judged.
+        """
+        if vehicle_id not in self.vehicles:
+            return
+        stats = self.stats.setdefault(vehicle_id, VehicleStats())
+        stats.verified += 1
+        if not following:
+            stats.not_following += 1
+        stats.last_verified_at = at
+        self._learn_reliability(vehicle_id, 1.0 if following else 0.0)
+
+    def _learn_reliability(self, vehicle_id: str, sample: float) -> None:
+        previous = self._reliability.get(vehicle_id, RELIABILITY_MAX)
+        updated = previous + RELIABILITY_ALPHA * (sample - previous)
+        self._reliability[vehicle_id] = min(
+            max(updated, RELIABILITY_MIN), RELIABILITY_MAX
+        )
 
     def record_late(self, vehicle_id: str) -> None:
         """Count a late ack (the order's result stays unchanged)."""

@@ -1,8 +1,10 @@
 """Dispatch metrics: totals, the 24 h ack rate and recent ack latencies.
 
 What the fleet sensors "Dispatches", "Orders sent", "Orders acknowledged",
-"Ack rate 24 h" and "Ack latency p95" show (docs/entities.md). Persisted in the
-fleet store; its version governs the format (no version of its own).
+"Ack rate 24 h", "Ack latency p95", "Delivered power (last dispatch)" and
+"Delivery ratio 24 h" show (docs/entities.md). Persisted in the fleet store; its
+version governs the format (no version of its own: keys added later read as
+empty).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ LAST_DISPATCH_KEYS = (
     "started_at",
     "completed_at",
 )
+# What the fleet keeps of the last verification (its event's summary).
+LAST_DELIVERY_KEYS = (
+    "dispatch_id",
+    "delivered_kw",
+    "acknowledged_kw",
+    "delivery_ratio",
+)
 _SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
 
 
@@ -50,6 +59,10 @@ class DispatchMetrics:
         default_factory=lambda: deque(maxlen=LATENCY_SAMPLES)
     )
     last: dict[str, Any] | None = None
+    # (verified_at unix seconds, delivered kW toward the acknowledged direction,
+    # |acknowledged kW|) of the verified dispatches (docs/dispatch.md#verification)
+    delivery_window: deque[tuple[float, float, float]] = field(default_factory=deque)
+    last_delivery: dict[str, Any] | None = None
 
     def record(self, response: Mapping[str, Any], now: datetime) -> None:
         """Account a finished dispatch response (dry runs only update ``last``)."""
@@ -89,6 +102,34 @@ class DispatchMetrics:
             return None
         return sum(item[1] for item in self.window) / sent
 
+    def record_delivery(self, report: Mapping[str, Any], verified_at: datetime) -> None:
+        """Account a verification (`DeliveryReport.event_data()`).
+
+        The 24 h ratio weighs each dispatch by its acknowledged power; delivery
+        against the acknowledged direction counts negative.
+        """
+        self.last_delivery = {key: report.get(key) for key in LAST_DELIVERY_KEYS}
+        acknowledged = report.get("acknowledged_kw")
+        delivered = report.get("delivered_kw")
+        if not isinstance(acknowledged, (int, float)) or not acknowledged:
+            return
+        if not isinstance(delivered, (int, float)):
+            return
+        toward = delivered if acknowledged > 0 else -delivered
+        self.delivery_window.append(
+            (verified_at.timestamp(), float(toward), abs(float(acknowledged)))
+        )
+
+    def delivery_ratio_24h(self, now: datetime) -> float | None:
+        """Delivered / acknowledged power of the dispatches verified in 24 h."""
+        horizon = (now - ACK_RATE_WINDOW).timestamp()
+        while self.delivery_window and self.delivery_window[0][0] < horizon:
+            self.delivery_window.popleft()
+        acknowledged = math.fsum(item[2] for item in self.delivery_window)
+        if not acknowledged:
+            return None
+        return math.fsum(item[1] for item in self.delivery_window) / acknowledged
+
     def latency_p95(self) -> float | None:
         """95th percentile of the recent ack latencies (nearest rank)."""
         if not self.latencies_ms:
@@ -117,6 +158,8 @@ class DispatchMetrics:
             "window": [list(item) for item in self.window],
             "latencies_ms": list(self.latencies_ms),
             "last": self.last,
+            "delivery_window": [list(item) for item in self.delivery_window],
+            "last_delivery": self.last_delivery,
         }
 
     @classmethod
@@ -149,4 +192,15 @@ class DispatchMetrics:
             metrics.latencies_ms.clear()
         last = data.get("last")
         metrics.last = dict(last) if isinstance(last, Mapping) else None
+        try:
+            metrics.delivery_window.extend(
+                (float(t), float(d), float(a))
+                for t, d, a in data.get("delivery_window", [])
+            )
+        except (TypeError, ValueError):
+            metrics.delivery_window.clear()
+        delivery = data.get("last_delivery")
+        metrics.last_delivery = (
+            dict(delivery) if isinstance(delivery, Mapping) else None
+        )
         return metrics

@@ -66,6 +66,8 @@ class FleetSnapshot:
     orders_acknowledged: int = 0
     publish_failures: int = 0
     ack_latency_p95_ms: float | None = None
+    last_delivered_kw: float | None = None
+    delivery_ratio_24h: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +130,7 @@ class SnapshotBuilder:
         flexibility_up = yield from flexibility_steps(live, 1.0, inputs.safety, now)
         flexibility_down = yield from flexibility_steps(live, -1.0, inputs.safety, now)
         last = metrics.last or {}
+        delivery = metrics.last_delivery or {}
         return FleetSnapshot(
             connected=inputs.connected,
             vehicles=vehicles,
@@ -146,6 +149,8 @@ class SnapshotBuilder:
             orders_acknowledged=metrics.orders_acknowledged,
             publish_failures=metrics.publish_failures,
             ack_latency_p95_ms=metrics.latency_p95(),
+            last_delivered_kw=delivery.get("delivered_kw"),
+            delivery_ratio_24h=metrics.delivery_ratio_24h(now),
         )
 
 
