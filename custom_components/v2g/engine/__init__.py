@@ -36,7 +36,7 @@ from .eligibility import (
     evaluate_eligibility,
     vehicle_capacity,
 )
-from .fallback import effective_capacity, reallocate
+from .fallback import donor_headroom, donor_weight, reallocate
 from .fleet import FleetState, Setpoint, VehicleStats
 from .inflight import interrupted_response, starting_record
 from .kpi import co2_avoided_g, energy_kwh
@@ -138,7 +138,8 @@ __all__ = [
     "decode_gateway_acks",
     "decode_telemetry",
     "decode_vehicle",
-    "effective_capacity",
+    "donor_headroom",
+    "donor_weight",
     "encode_gateway_batch",
     "encode_order",
     "energy_kwh",
