@@ -26,6 +26,7 @@ from custom_components.v2g.engine import (
     Order,
     OrderOutcome,
     OrderStatus,
+    PowerLimits,
     SafetySettings,
     SignalType,
     Strategy,
@@ -622,6 +623,24 @@ async def test_a_timeout_on_fcr_is_covered_by_the_safe_headroom() -> None:
     assert result.fallback["v2"].power_kw == pytest.approx(20.0)
     assert result.acknowledged_kw == pytest.approx(20.0)
     assert result.status is DispatchStatus.COMPLETED
+
+
+async def test_a_rejection_over_the_limit_lowers_the_next_order() -> None:
+    """Rejected for exceeding its power: the next dispatch asks 90 % of it."""
+    harness = Harness(
+        [make_vehicle("v", max_power_kw=10.0)],
+        {"v": Rule(action="reject", reason="exceeds_max_power")},
+    )
+    first = await harness.dispatch(-10.0, signal_type=SignalType.AFRR)
+    assert first.vehicles["v"].status is OrderStatus.REJECTED
+    assert harness.fleet.learned_limits.get("v") == PowerLimits(charge_kw=9.0)
+    harness.transport.rules["v"] = Rule()
+    second = await harness.dispatch(-10.0, signal_type=SignalType.AFRR)
+    assert second.vehicles["v"].power_kw == pytest.approx(-9.0)
+    assert second.shortfall_kw == pytest.approx(1.0)
+    # Discharging is not affected.
+    third = await harness.dispatch(10.0, signal_type=SignalType.AFRR)
+    assert third.vehicles["v"].power_kw == pytest.approx(10.0)
 
 
 async def test_prediction_hook_sets_availability() -> None:

@@ -40,6 +40,7 @@ from .fallback import donor_headroom, donor_weight, reallocate
 from .fleet import FleetState, Setpoint, VehicleStats
 from .inflight import interrupted_response, starting_record
 from .kpi import co2_avoided_g, energy_kwh
+from .limits import DeliveryTolerance, LearnedLimits, PowerLimits
 from .models import (
     DispatchStatus,
     EngineError,
@@ -92,6 +93,7 @@ __all__ = [
     "Candidate",
     "DayAheadPlan",
     "DecodeError",
+    "DeliveryTolerance",
     "DispatchEngine",
     "DispatchRequest",
     "DispatchResult",
@@ -107,6 +109,7 @@ __all__ = [
     "HourOfWeekProfile",
     "InfeasiblePlanError",
     "InvalidValueError",
+    "LearnedLimits",
     "Order",
     "OrderOutcome",
     "OrderRound",
@@ -114,6 +117,7 @@ __all__ = [
     "OrderTransport",
     "PendingOrder",
     "PlanEntry",
+    "PowerLimits",
     "PredictionEngine",
     "RejectedAck",
     "ResolutionListener",

@@ -239,7 +239,11 @@ class DispatchEngine:
             allocation = Allocation(powers, {}, 0.0)
         else:
             eligibility = evaluate_eligibility(
-                vehicles, signal, self.settings.safety, started_at
+                vehicles,
+                signal,
+                self.settings.safety,
+                started_at,
+                self.fleet.learned_limits.limits,
             )
             excluded = eligibility.excluded
             candidates = _with_predictions(
@@ -421,9 +425,17 @@ def _result(
 def _learn(
     fleet: FleetState, outcomes: Iterable[OrderOutcome], completed_at: datetime
 ) -> None:
-    """Teach the fleet the final status of each order, and who took part."""
+    """Teach the fleet the final status of each order, and who took part.
+
+    A rejection for being over the vehicle's power also teaches its limit.
+    """
     participants: set[str] = set()
     for outcome in outcomes:
+        vehicle = fleet.vehicles.get(outcome.vehicle_id)
+        if outcome.status is OrderStatus.REJECTED and vehicle is not None:
+            fleet.learned_limits.learn_rejection(
+                vehicle, outcome.power_kw, outcome.reason
+            )
         fleet.record_outcome(
             outcome.vehicle_id,
             outcome.status,

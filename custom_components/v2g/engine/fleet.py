@@ -12,6 +12,10 @@ bounded to [0.1, 1.0] and starting at 1.0.
 
 A setpoint holds from its ack until it is replaced or its order expires. Energy is
 integrated lazily: when the setpoint changes and when `accrue(now)` is called.
+
+Measured power (telemetry `power_kw`, or the power entity of a vehicle controlled
+through Home Assistant) is kept per vehicle and teaches the vehicle's real charge
+and discharge limits (`limits.LearnedLimits`), judged with `delivery_tolerance`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
 from .kpi import energy_kwh
+from .limits import DeliveryTolerance, LearnedLimits
 from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
 from .steps import Steps, chunks, run_steps
 
@@ -239,6 +244,9 @@ class FleetState:
         self.participation: dict[str, int] = {}
         self.stats: dict[str, VehicleStats] = {}
         self.measured_power_kw: dict[str, float] = {}
+        self.learned_limits = LearnedLimits()
+        # How closely measured power must follow a setpoint (set from the options).
+        self.delivery_tolerance = DeliveryTolerance()
         self._reliability: dict[str, float] = {}
         self._energy = EnergyLedger()
 
@@ -251,14 +259,23 @@ class FleetState:
         self.last_seen[vehicle.vehicle_id] = seen_at
         return is_new
 
-    def apply_telemetry(self, telemetry: Telemetry, seen_at: float) -> Vehicle:
-        """Update (or create) a vehicle from a telemetry report; return it."""
+    def apply_telemetry(
+        self, telemetry: Telemetry, seen_at: float, at: datetime | None = None
+    ) -> Vehicle:
+        """Update (or create) a vehicle from a telemetry report; return it.
+
+        With `power_kw`, the vehicle is charging when it is < 0, whatever the
+        `charging` key says (docs/protocol.md#telemetry); the power is a
+        measurement taken at `at` (wall time; None: kept, nothing learned).
+        """
         changes: dict[str, Any] = {}
         if telemetry.soc is not None:
             changes["soc"] = telemetry.soc
         if telemetry.available is not None:
             changes["available"] = telemetry.available
-        if telemetry.charging is not None:
+        if telemetry.power_kw is not None:
+            changes["charging"] = telemetry.power_kw < 0.0
+        elif telemetry.charging is not None:
             changes["charging"] = telemetry.charging
         current = self.vehicles.get(telemetry.vehicle_id)
         if current is None:
@@ -270,8 +287,30 @@ class FleetState:
         self.vehicles[vehicle.vehicle_id] = vehicle
         self.last_seen[vehicle.vehicle_id] = seen_at
         if telemetry.power_kw is not None:
-            self.measured_power_kw[vehicle.vehicle_id] = telemetry.power_kw
+            self.observe_power(vehicle.vehicle_id, telemetry.power_kw, at)
         return vehicle
+
+    def observe_power(
+        self, vehicle_id: str, power_kw: float, at: datetime | None
+    ) -> bool:
+        """Keep a known vehicle's measured power; True if a learned limit changed.
+
+        Taken at `at` (wall time), it is a sample for the learned limits; None
+        keeps the value only.
+        """
+        vehicle = self.vehicles.get(vehicle_id)
+        if vehicle is None:
+            return False
+        self.measured_power_kw[vehicle_id] = power_kw
+        if at is None:
+            return False
+        return self.learned_limits.observe(
+            vehicle,
+            power_kw,
+            self._energy.setpoints.get(vehicle_id),
+            at,
+            self.delivery_tolerance,
+        )
 
     def touch(self, vehicle_id: str, seen_at: float) -> None:
         """Note that a known vehicle was heard from (e.g. it sent an ack)."""
@@ -290,6 +329,7 @@ class FleetState:
         ):
             table.pop(vehicle_id, None)
         self._energy.forget(vehicle_id)
+        self.learned_limits.forget(vehicle_id)
         return found
 
     def stale_ids(self, now: float, timeout: float) -> list[str]:
@@ -434,6 +474,7 @@ class FleetState:
             "stats": stats,
             "energy_discharged_kwh": dict(self.energy_discharged_kwh),
             "energy_charged_kwh": dict(self.energy_charged_kwh),
+            "learned_limits": self.learned_limits.as_dict(),
         }
 
     @classmethod
@@ -482,6 +523,10 @@ class FleetState:
             }
             energy.discharged_kwh = _known_floats(data, "energy_discharged_kwh", known)
             energy.charged_kwh = _known_floats(data, "energy_charged_kwh", known)
+            # Absent from the data of versions before learned limits.
+            fleet.learned_limits = LearnedLimits.from_dict(
+                data.get("learned_limits", {}), known
+            )
         except (DecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidValueError("fleet", f"malformed state: {err}") from err
         return fleet
