@@ -38,7 +38,12 @@ from custom_components.v2g.const import (
     DOMAIN,
     SUBENTRY_TYPE_VEHICLE,
 )
-from custom_components.v2g.engine import FallbackMode, SignalType, Strategy
+from custom_components.v2g.engine import (
+    DeliveryTolerance,
+    FallbackMode,
+    SignalType,
+    Strategy,
+)
 from custom_components.v2g.options import FleetOptions, default_options
 from custom_components.v2g.options_flow import (
     OPTION_SECTIONS,
@@ -607,6 +612,7 @@ async def test_options_round_trip(
             stale_timeout=600,
             emission_factor=56,
             ack_rate_sla=95,
+            not_following_grace=45,
         ),
     )
     await hass.async_block_till_done()
@@ -632,6 +638,7 @@ async def test_options_round_trip(
         "stale_timeout": 600.0,
         "emission_factor": 56.0,
         "ack_rate_sla": 95.0,
+        "not_following_grace": 45.0,
         "webhook_enabled": False,
     }
     assert entry.options == expected
@@ -658,6 +665,9 @@ async def test_options_round_trip(
     assert fleet.settings.stale_timeout_s == 600.0
     assert fleet.qos == 2
     assert fleet.stale_timeout == 600.0
+    assert fleet.not_following_grace == 45.0
+    # Not in the form yet: the defaults, 10 % or 1 kW.
+    assert fleet.delivery_tolerance == DeliveryTolerance(fraction=0.1, kw=1.0)
     assert fleet.emission_factor == 56.0
     assert fleet.ack_rate_sla == pytest.approx(0.95)
     assert fleet.telemetry_mode == "hybrid"

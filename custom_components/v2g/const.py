@@ -75,6 +75,9 @@ CONF_EMISSION_FACTOR: Final = "emission_factor"  # gCO2/kWh, 0 = off
 CONF_ACK_RATE_SLA: Final = "ack_rate_sla"  # percent
 CONF_WEBHOOK_ENABLED: Final = "webhook_enabled"
 CONF_WEBHOOK_ID: Final = "webhook_id"  # generated, kept in options
+CONF_NOT_FOLLOWING_GRACE: Final = "not_following_grace"  # seconds
+CONF_DELIVERY_TOLERANCE_PCT: Final = "delivery_tolerance_pct"  # percent
+CONF_DELIVERY_TOLERANCE_KW: Final = "delivery_tolerance_kw"
 
 PREDICTION_OFF: Final = "off"
 PREDICTION_STATIC: Final = "static_profile"
@@ -101,6 +104,9 @@ DEFAULT_STALE_TIMEOUT: Final = 300.0
 DEFAULT_EMISSION_FACTOR: Final = 0.0
 DEFAULT_ACK_RATE_SLA: Final = 90.0
 DEFAULT_WEBHOOK_ENABLED: Final = False
+DEFAULT_NOT_FOLLOWING_GRACE: Final = 30.0
+DEFAULT_DELIVERY_TOLERANCE_PCT: Final = 10.0
+DEFAULT_DELIVERY_TOLERANCE_KW: Final = 1.0
 # Default strategy per signal type: smart, FCR optimal.
 DEFAULT_STRATEGIES: Final[dict[str, str]] = {
     "FCR": "optimal",

@@ -3,7 +3,7 @@
 Measurement intake, apart from the command channels (channels.py), which carry
 orders and their answers. Discovery answers add or update vehicles (with their
 hand-set values applied, manual_vehicles.py); telemetry updates SoC,
-availability and charging. Pull mode polls telemetry on the request topic
+availability, charging and the measured power. Pull mode polls telemetry on the request topic
 (docs/protocol.md#telemetry).
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
+from homeassistant.util import dt as dt_util
 
 from .const import (
     CONF_DISCOVERY_RESPONSE_TOPIC,
@@ -176,7 +177,7 @@ class FleetInput:
             telemetry = decode_telemetry(payload, vehicle_id)
         except EngineError:
             return False
-        self._fleet.apply_telemetry(telemetry, self._monotonic())
+        self._fleet.apply_telemetry(telemetry, self._monotonic(), dt_util.utcnow())
         if telemetry.soc is not None:
             self._soc_known.add(telemetry.vehicle_id)
         self._on_change()

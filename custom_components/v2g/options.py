@@ -17,9 +17,12 @@ from homeassistant.util import dt as dt_util
 from .const import (
     CONF_ACK_RATE_SLA,
     CONF_ACK_TIMEOUT,
+    CONF_DELIVERY_TOLERANCE_KW,
+    CONF_DELIVERY_TOLERANCE_PCT,
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
+    CONF_NOT_FOLLOWING_GRACE,
     CONF_POLL_INTERVAL,
     CONF_PREDICTION,
     CONF_PREDICTION_LOOKBACK_DAYS,
@@ -34,9 +37,12 @@ from .const import (
     CONF_WEBHOOK_ID,
     DEFAULT_ACK_RATE_SLA,
     DEFAULT_ACK_TIMEOUT,
+    DEFAULT_DELIVERY_TOLERANCE_KW,
+    DEFAULT_DELIVERY_TOLERANCE_PCT,
     DEFAULT_EMISSION_FACTOR,
     DEFAULT_FALLBACK,
     DEFAULT_MIN_SOC,
+    DEFAULT_NOT_FOLLOWING_GRACE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PREDICTION,
     DEFAULT_PREDICTION_LOOKBACK_DAYS,
@@ -53,6 +59,7 @@ from .const import (
     PREDICTION_STATIC,
 )
 from .engine import (
+    DeliveryTolerance,
     DispatchSettings,
     FallbackMode,
     FleetState,
@@ -80,8 +87,9 @@ def default_options() -> dict[str, Any]:
     comma-separated percentages), ``prediction_lookback_days`` int,
     ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
     ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
-    ``webhook_enabled`` bool. ``webhook_id`` (str) is added by the options flow the
-    first time the webhook is enabled, so it is not part of the defaults.
+    ``webhook_enabled`` bool, ``not_following_grace`` float (s). ``webhook_id``
+    (str) is added by the options flow the first time the webhook is enabled, so
+    it is not part of the defaults.
     """
     options: dict[str, Any] = {
         f"{CONF_STRATEGY_PREFIX}{signal}": strategy
@@ -104,6 +112,7 @@ def default_options() -> dict[str, Any]:
             CONF_EMISSION_FACTOR: DEFAULT_EMISSION_FACTOR,
             CONF_ACK_RATE_SLA: DEFAULT_ACK_RATE_SLA,
             CONF_WEBHOOK_ENABLED: DEFAULT_WEBHOOK_ENABLED,
+            CONF_NOT_FOLLOWING_GRACE: DEFAULT_NOT_FOLLOWING_GRACE,
         }
     )
     return options
@@ -180,6 +189,10 @@ class FleetOptions:
     prediction_lookback_days: int
     webhook_enabled: bool
     webhook_id: str | None
+    # How far measured power may be from a setpoint and still follow it.
+    delivery_tolerance: DeliveryTolerance
+    # Seconds a vehicle may be off its setpoint before "Not following" turns on.
+    not_following_grace: float
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FleetOptions:
@@ -209,6 +222,19 @@ class FleetOptions:
             prediction_lookback_days=int(values[CONF_PREDICTION_LOOKBACK_DAYS]),
             webhook_enabled=bool(values[CONF_WEBHOOK_ENABLED]),
             webhook_id=None if webhook_id is None else str(webhook_id),
+            delivery_tolerance=DeliveryTolerance(
+                fraction=_fraction(
+                    values.get(
+                        CONF_DELIVERY_TOLERANCE_PCT, DEFAULT_DELIVERY_TOLERANCE_PCT
+                    )
+                ),
+                kw=float(
+                    values.get(
+                        CONF_DELIVERY_TOLERANCE_KW, DEFAULT_DELIVERY_TOLERANCE_KW
+                    )
+                ),
+            ),
+            not_following_grace=float(values[CONF_NOT_FOLLOWING_GRACE]),
         )
 
     @classmethod

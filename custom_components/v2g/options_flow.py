@@ -33,6 +33,7 @@ from .const import (
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
+    CONF_NOT_FOLLOWING_GRACE,
     CONF_POLL_INTERVAL,
     CONF_PREDICTION,
     CONF_PREDICTION_LOOKBACK_DAYS,
@@ -93,7 +94,12 @@ OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
         CONF_PREDICTION_LOOKBACK_DAYS,
     ),
     SECTION_TELEMETRY: (CONF_TELEMETRY_MODE, CONF_POLL_INTERVAL, CONF_STALE_TIMEOUT),
-    SECTION_REPORTING: (CONF_EMISSION_FACTOR, CONF_ACK_RATE_SLA, CONF_WEBHOOK_ENABLED),
+    SECTION_REPORTING: (
+        CONF_EMISSION_FACTOR,
+        CONF_ACK_RATE_SLA,
+        CONF_NOT_FOLLOWING_GRACE,
+        CONF_WEBHOOK_ENABLED,
+    ),
 }
 
 
@@ -166,6 +172,7 @@ def _option_selectors() -> dict[str, Selector[Any]]:
             CONF_STALE_TIMEOUT: number_selector(10, 86400, 1, "s"),
             CONF_EMISSION_FACTOR: number_selector(0, None, 1, "g/kWh"),
             CONF_ACK_RATE_SLA: number_selector(0, 100, 1, "%"),
+            CONF_NOT_FOLLOWING_GRACE: number_selector(0, 3600, 1, "s"),
             CONF_WEBHOOK_ENABLED: BooleanSelector(),
         }
     )
@@ -224,6 +231,7 @@ def _validate_options(
         CONF_STALE_TIMEOUT,
         CONF_EMISSION_FACTOR,
         CONF_ACK_RATE_SLA,
+        CONF_NOT_FOLLOWING_GRACE,
     ):
         options[key] = float(options[key])
     options[CONF_QOS] = int(options[CONF_QOS])
