@@ -293,23 +293,17 @@ class FleetState:
     def observe_power(
         self, vehicle_id: str, power_kw: float, at: datetime | None
     ) -> bool:
-        """Keep a known vehicle's measured power; True if a learned limit changed.
+        """Keep a known vehicle's power measured at `at` (None: no limit sample).
 
-        Taken at `at` (wall time), it is a sample for the learned limits; None
-        keeps the value only.
+        Return True if it changed a learned limit.
         """
-        vehicle = self.vehicles.get(vehicle_id)
-        if vehicle is None:
+        if (vehicle := self.vehicles.get(vehicle_id)) is None:
             return False
         self.measured_power_kw[vehicle_id] = power_kw
-        if at is None:
-            return False
-        return self.learned_limits.observe(
-            vehicle,
-            power_kw,
-            self._energy.setpoints.get(vehicle_id),
-            at,
-            self.delivery_tolerance,
+        setpoint = self._energy.setpoints.get(vehicle_id)
+        limits, tolerance = self.learned_limits, self.delivery_tolerance
+        return at is not None and limits.observe(
+            vehicle, power_kw, setpoint, at, tolerance
         )
 
     def touch(self, vehicle_id: str, seen_at: float) -> None:
