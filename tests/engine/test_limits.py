@@ -129,6 +129,10 @@ def test_rejections_over_the_limit_step_down_by_ten_percent() -> None:
     assert learned.learn_rejection(vehicle, 0.0, "exceeds_max_power") is False
     assert learned.learn_rejection(vehicle, 8.0, "exceeds_discharge_rate") is True
     assert learned.get("v") == PowerLimits(charge_kw=8.1, discharge_kw=7.2)
+    # 90 % of an order far beyond what the vehicle announces restricts nothing.
+    small = make_vehicle("small", max_power_kw=5.0)
+    assert learned.learn_rejection(small, 20.0, "exceeds_max_power") is False
+    assert learned.get("small") is None
 
 
 def test_a_measurement_above_the_limit_raises_it_and_at_the_announced_drops_it() -> (
