@@ -38,7 +38,8 @@ GATEWAY_COMMAND_RE = re.compile(r"^v2g/gateway/([^/]+)/commands$")
 
 # What a simulated vehicle does with an order:
 #   "ack" | "reject" | "ignore" (never answers -> timeout) | "fail" (publish raises)
-#   | ("partial", applied_kw)  | a callable(order) returning one of those.
+#   | ("partial", applied_kw) | ("reject", reason)
+#   | a callable(order) returning one of those.
 type Behaviour = str | tuple[str, float] | Callable[[dict[str, Any]], Any]
 
 
@@ -243,6 +244,12 @@ class FleetResponder:
                 "command_id": order["command_id"],
                 "status": "rejected",
                 "reason": "battery too hot",
+            }
+        if isinstance(behaviour, tuple) and behaviour[0] == "reject":
+            return {
+                "command_id": order["command_id"],
+                "status": "rejected",
+                "reason": behaviour[1],
             }
         if isinstance(behaviour, tuple) and behaviour[0] == "partial":
             return {

@@ -611,6 +611,7 @@ async def test_options_round_trip(
             verify_window=20,
             delivery_tolerance_pct=5,
             delivery_tolerance_kw=0.5,
+            not_following_grace=45,
         ),
     )
     await hass.async_block_till_done()
@@ -637,6 +638,7 @@ async def test_options_round_trip(
         "stale_timeout": 600.0,
         "emission_factor": 56.0,
         "ack_rate_sla": 95.0,
+        "not_following_grace": 45.0,
         "webhook_enabled": False,
         "verify_window": 20.0,
         "delivery_tolerance_pct": 5.0,
@@ -666,6 +668,7 @@ async def test_options_round_trip(
     assert fleet.settings.stale_timeout_s == 600.0
     assert fleet.qos == 2
     assert fleet.stale_timeout == 600.0
+    assert fleet.not_following_grace == 45.0
     assert fleet.emission_factor == 56.0
     assert fleet.ack_rate_sla == pytest.approx(0.95)
     assert fleet.telemetry_mode == "hybrid"

@@ -64,8 +64,9 @@ DISPATCHED = VEHICLES[:50]
 IDLE = VEHICLES[50:]
 # What a first dispatch really changes per vehicle.
 CHANGED_BY_DISPATCH = {"setpoint", "ack_rate", "dispatch_outcome"}
-# Enabled by default: 5 sensors (last ack latency is disabled), plugged in, outcome.
-VEHICLE_ENTITIES = 7
+# Enabled by default: 6 sensors (last ack latency is disabled), plugged in, not
+# following, outcome.
+VEHICLE_ENTITIES = 9
 FLEET_ENTITIES = 17  # 16 sensors, the ack-rate problem binary sensor
 
 

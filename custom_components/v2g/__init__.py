@@ -89,6 +89,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
     persistence = FleetPersistence(hass, entry.entry_id)
     restored = await persistence.async_load()
     coordinator = V2GFleetCoordinator(hass, entry, persistence, restored)
+    # Judges measured power: learned limits and "Not following" (engine/limits.py).
+    coordinator.fleet.delivery_tolerance = coordinator.config.delivery_tolerance
     try:
         await coordinator.async_setup()
     except HomeAssistantError as err:

@@ -1,17 +1,23 @@
-"""Binary sensors: fleet ack-rate problem, vehicle plugged in (docs/entities.md)."""
+"""Binary sensors: fleet ack-rate problem; vehicle plugged in, not following.
+
+See docs/entities.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from homeassistant.components.binary_sensor import (
     BinarySensorDeviceClass,
     BinarySensorEntity,
     BinarySensorEntityDescription,
 )
-from homeassistant.core import HomeAssistant
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
+from homeassistant.helpers.event import async_track_point_in_utc_time
+from homeassistant.util import dt as dt_util
 
 from .coordinator import V2GConfigEntry
 from .engine.snapshot import FleetSnapshot, VehicleSnapshot
@@ -58,6 +64,15 @@ VEHICLE_BINARY_SENSORS: tuple[V2GVehicleBinarySensorDescription, ...] = (
     ),
 )
 
+# On once the vehicle's power has been off its setpoint for the grace period;
+# the entity reads the clock (V2GNotFollowingBinarySensor).
+NOT_FOLLOWING = V2GVehicleBinarySensorDescription(
+    key="not_following",
+    translation_key="not_following",
+    device_class=BinarySensorDeviceClass.PROBLEM,
+    is_on_fn=lambda vehicle: None,
+)
+
 
 async def async_setup_entry(
     hass: HomeAssistant,
@@ -74,8 +89,11 @@ async def async_setup_entry(
         entry,
         async_add_entities,
         lambda vehicle_id: [
-            V2GVehicleBinarySensor(coordinator, description, vehicle_id)
-            for description in VEHICLE_BINARY_SENSORS
+            *(
+                V2GVehicleBinarySensor(coordinator, description, vehicle_id)
+                for description in VEHICLE_BINARY_SENSORS
+            ),
+            V2GNotFollowingBinarySensor(coordinator, NOT_FOLLOWING, vehicle_id),
         ],
     )
 
@@ -101,3 +119,70 @@ class V2GVehicleBinarySensor(V2GVehicleEntity, BinarySensorEntity):
         """Return the state from the vehicle's latest snapshot."""
         vehicle = self.vehicle
         return None if vehicle is None else self.entity_description.is_on_fn(vehicle)
+
+
+class V2GNotFollowingBinarySensor(V2GVehicleBinarySensor):
+    """On while the measured power has been off the setpoint for the grace period.
+
+    The snapshot says since when the vehicle deviates (by more than the delivery
+    tolerance from its acknowledged setpoint, 0 when none); this entity turns on
+    once that lasted `not_following_grace` seconds, with a timer for that moment.
+    Unknown while the vehicle was never measured.
+    """
+
+    _unsub_deadline: CALLBACK_TYPE | None = None
+    _deadline: datetime | None = None
+
+    @property
+    def is_on(self) -> bool | None:
+        """Return whether the deviation has lasted the grace period."""
+        vehicle = self.vehicle
+        if vehicle is None or vehicle.measured_power_kw is None:
+            return None
+        deadline = self._deadline_of(vehicle.deviating_since)
+        return deadline is not None and dt_util.utcnow() >= deadline
+
+    async def async_added_to_hass(self) -> None:
+        """Follow the vehicle, and its deviation's deadline."""
+        await super().async_added_to_hass()
+        self.async_on_remove(self._cancel_deadline)
+        self._schedule_deadline()
+
+    @callback
+    def _handle_vehicle_update(self) -> None:
+        self._schedule_deadline()
+        super()._handle_vehicle_update()
+
+    def _deadline_of(self, since: datetime | None) -> datetime | None:
+        if since is None:
+            return None
+        grace = self.coordinator.config.not_following_grace
+        return since + timedelta(seconds=grace)
+
+    @callback
+    def _schedule_deadline(self) -> None:
+        """Wake up when the current deviation reaches the grace period."""
+        vehicle = self.vehicle
+        deadline = self._deadline_of(
+            None if vehicle is None else vehicle.deviating_since
+        )
+        if deadline == self._deadline:
+            return
+        self._cancel_deadline()
+        if deadline is not None and deadline > dt_util.utcnow():
+            self._deadline = deadline
+            self._unsub_deadline = async_track_point_in_utc_time(
+                self.hass, self._deadline_reached, deadline
+            )
+
+    @callback
+    def _cancel_deadline(self) -> None:
+        self._deadline = None
+        if self._unsub_deadline is not None:
+            self._unsub_deadline()
+            self._unsub_deadline = None
+
+    @callback
+    def _deadline_reached(self, _now: datetime) -> None:
+        self._unsub_deadline = None
+        self.async_write_if_changed()

@@ -80,6 +80,7 @@ CONF_WEBHOOK_ID: Final = "webhook_id"  # generated, kept in options
 CONF_VERIFY_WINDOW: Final = "verify_window"  # seconds after the last ack
 CONF_DELIVERY_TOLERANCE_PCT: Final = "delivery_tolerance_pct"  # percent of |setpoint|
 CONF_DELIVERY_TOLERANCE_KW: Final = "delivery_tolerance_kw"  # kW, the band's floor
+CONF_NOT_FOLLOWING_GRACE: Final = "not_following_grace"  # seconds
 
 PREDICTION_OFF: Final = "off"
 PREDICTION_STATIC: Final = "static_profile"
@@ -109,6 +110,7 @@ DEFAULT_WEBHOOK_ENABLED: Final = False
 # Send 0 kW to the vehicles still holding a dispatch's setpoint when it ends.
 DEFAULT_RELEASE_AT_END: Final = True
 DEFAULT_VERIFY_WINDOW: Final = 10.0
+DEFAULT_NOT_FOLLOWING_GRACE: Final = 30.0
 DEFAULT_DELIVERY_TOLERANCE_PCT: Final = 10.0
 DEFAULT_DELIVERY_TOLERANCE_KW: Final = 1.0
 # Default strategy per signal type: smart, FCR optimal.

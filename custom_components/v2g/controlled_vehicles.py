@@ -6,7 +6,8 @@ charge, plugged in, power, departure time. This module keeps those vehicles in
 the fleet: limits from the subentry within the control's min / max (a control
 that cannot go below 0 in "positive = charging" only charges: the vehicle is
 not V2G), availability while the control has a state (and the vehicle is
-plugged in), SoC, charging (from the power sensor) and departure. A control
+plugged in), SoC, charging and the measured power (from the power sensor) and
+departure. A control
 entity that disappears (removed or renamed) makes the vehicle unavailable and
 raises a repair issue naming the entity.
 """
@@ -274,6 +275,23 @@ class ControlledVehicles:
             fleet.vehicles[vehicle_id] = vehicle
             if live:
                 fleet.touch(vehicle_id, self._monotonic())
+        self._observe_power(spec)
+
+    @callback
+    def _observe_power(self, spec: ControlSpec) -> None:
+        """The power sensor's reading is the vehicle's measured power.
+
+        Timed by when the sensor last reported it, so a reading seen again (any
+        of the vehicle's entities changed) is one sample for the learned limits.
+        """
+        if not spec.power_entity:
+            return
+        state = self._hass.states.get(spec.power_entity)
+        measured = power_kw(state, spec.power_positive_charging)
+        if state is None or measured is None:
+            self._fleet.measured_power_kw.pop(spec.vehicle_id, None)
+        else:
+            self._fleet.observe_power(spec.vehicle_id, measured, state.last_reported)
 
     def _values(self, spec: ControlSpec) -> dict[str, Any]:
         """The vehicle's fields from its subentry and its entities' states."""

@@ -131,12 +131,15 @@ def vehicle_state(coordinator: V2GFleetCoordinator, vehicle_id: str) -> dict[str
     fleet = coordinator.fleet
     vehicle = fleet.vehicles.get(vehicle_id)
     stats = fleet.stats.get(vehicle_id)
+    limits = fleet.learned_limits.get(vehicle_id)
     return {
         "known": vehicle is not None,
         "vehicle": None if vehicle is None else vehicle.as_dict(),
         "stale": coordinator.is_stale(vehicle_id),
         "manual": coordinator.manual.is_manual(vehicle_id),
         "setpoint_kw": round(fleet.setpoints.get(vehicle_id, 0.0), 3),
+        "measured_power_kw": fleet.measured_power_kw.get(vehicle_id),
+        "learned_limits": None if limits is None else limits.as_dict(),
         "stats": None if stats is None else stats.as_dict(),
         "reliability": round(fleet.reliability(vehicle_id), 4),
         "participation": fleet.participation.get(vehicle_id, 0),

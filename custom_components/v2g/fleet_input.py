@@ -3,9 +3,10 @@
 Measurement intake, apart from the command channels (channels.py), which carry
 orders and their answers. Discovery answers add or update vehicles (with their
 hand-set values applied, manual_vehicles.py); telemetry updates SoC,
-availability and charging, and its power is kept with its time of receipt for
-the delivery verification (verification.py). Pull mode polls telemetry on the
-request topic (docs/protocol.md#telemetry).
+availability and charging; its power is measured (learned limits, delivery
+entities) and kept with its time of receipt for the delivery verification
+(verification.py). Pull mode polls telemetry on the request topic
+(docs/protocol.md#telemetry).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class FleetInput:
             telemetry = decode_telemetry(payload, vehicle_id)
         except EngineError:
             return False
-        self._fleet.apply_telemetry(telemetry, self._monotonic())
+        self._fleet.apply_telemetry(telemetry, self._monotonic(), dt_util.utcnow())
         if telemetry.power_kw is not None:
             self.power_readings.record(
                 telemetry.vehicle_id, telemetry.power_kw, dt_util.utcnow()

@@ -22,6 +22,7 @@ from .const import (
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
+    CONF_NOT_FOLLOWING_GRACE,
     CONF_POLL_INTERVAL,
     CONF_PREDICTION,
     CONF_PREDICTION_LOOKBACK_DAYS,
@@ -43,6 +44,7 @@ from .const import (
     DEFAULT_EMISSION_FACTOR,
     DEFAULT_FALLBACK,
     DEFAULT_MIN_SOC,
+    DEFAULT_NOT_FOLLOWING_GRACE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PREDICTION,
     DEFAULT_PREDICTION_LOOKBACK_DAYS,
@@ -61,6 +63,7 @@ from .const import (
     PREDICTION_STATIC,
 )
 from .engine import (
+    DeliveryTolerance,
     DispatchSettings,
     FallbackMode,
     FleetState,
@@ -73,7 +76,6 @@ from .engine import (
     parse_hourly_profile,
 )
 from .engine.availability import HistoryPrediction
-from .engine.delivery import DeliveryTolerance
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry
@@ -90,9 +92,10 @@ def default_options() -> dict[str, Any]:
     ``telemetry_mode`` str, ``poll_interval`` / ``stale_timeout`` float (s),
     ``emission_factor`` float (gCO2/kWh), ``ack_rate_sla`` float (percent),
     ``webhook_enabled`` / ``release_at_end`` bool, ``verify_window`` float (s),
-    ``delivery_tolerance_pct`` float (percent), ``delivery_tolerance_kw`` float.
-    ``webhook_id`` (str) is added by the options flow the
-    first time the webhook is enabled, so it is not part of the defaults.
+    ``delivery_tolerance_pct`` float (percent), ``delivery_tolerance_kw`` float,
+    ``not_following_grace`` float (s). ``webhook_id`` (str) is added by the
+    options flow the first time the webhook is enabled, so it is not part of the
+    defaults.
     """
     options: dict[str, Any] = {
         f"{CONF_STRATEGY_PREFIX}{signal}": strategy
@@ -119,6 +122,7 @@ def default_options() -> dict[str, Any]:
             CONF_VERIFY_WINDOW: DEFAULT_VERIFY_WINDOW,
             CONF_DELIVERY_TOLERANCE_PCT: DEFAULT_DELIVERY_TOLERANCE_PCT,
             CONF_DELIVERY_TOLERANCE_KW: DEFAULT_DELIVERY_TOLERANCE_KW,
+            CONF_NOT_FOLLOWING_GRACE: DEFAULT_NOT_FOLLOWING_GRACE,
         }
     )
     return options
@@ -201,6 +205,8 @@ class FleetOptions:
     verify_window: float
     # How far measured power may be from a setpoint and still follow it.
     delivery_tolerance: DeliveryTolerance
+    # Seconds a vehicle may be off its setpoint before "Not following" turns on.
+    not_following_grace: float
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> FleetOptions:
@@ -236,6 +242,7 @@ class FleetOptions:
                 fraction=_fraction(values[CONF_DELIVERY_TOLERANCE_PCT]),
                 kw=float(values[CONF_DELIVERY_TOLERANCE_KW]),
             ),
+            not_following_grace=float(values[CONF_NOT_FOLLOWING_GRACE]),
         )
 
     @classmethod

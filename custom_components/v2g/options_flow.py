@@ -36,6 +36,7 @@ from .const import (
     CONF_EMISSION_FACTOR,
     CONF_FALLBACK,
     CONF_MIN_SOC,
+    CONF_NOT_FOLLOWING_GRACE,
     CONF_POLL_INTERVAL,
     CONF_PREDICTION,
     CONF_PREDICTION_LOOKBACK_DAYS,
@@ -110,6 +111,7 @@ OPTION_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
         CONF_VERIFY_WINDOW,
         CONF_DELIVERY_TOLERANCE_PCT,
         CONF_DELIVERY_TOLERANCE_KW,
+        CONF_NOT_FOLLOWING_GRACE,
     ),
 }
 
@@ -184,6 +186,7 @@ def _option_selectors() -> dict[str, Selector[Any]]:
             CONF_STALE_TIMEOUT: number_selector(10, 86400, 1, "s"),
             CONF_EMISSION_FACTOR: number_selector(0, None, 1, "g/kWh"),
             CONF_ACK_RATE_SLA: number_selector(0, 100, 1, "%"),
+            CONF_NOT_FOLLOWING_GRACE: number_selector(0, 3600, 1, "s"),
             CONF_WEBHOOK_ENABLED: BooleanSelector(),
             CONF_VERIFY_WINDOW: number_selector(0, 600, 1, "s"),
             CONF_DELIVERY_TOLERANCE_PCT: number_selector(0, 100, 1, "%"),
@@ -248,6 +251,7 @@ def _validate_options(
         CONF_VERIFY_WINDOW,
         CONF_DELIVERY_TOLERANCE_PCT,
         CONF_DELIVERY_TOLERANCE_KW,
+        CONF_NOT_FOLLOWING_GRACE,
     ):
         options[key] = float(options[key])
     options[CONF_QOS] = int(options[CONF_QOS])

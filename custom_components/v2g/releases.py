@@ -82,8 +82,8 @@ class SetpointReleases:
         fleet = self._engine.fleet
         now = dt_util.utcnow()
         fleet.accrue(now)
-        due = fleet.next_expiry()
-        if fleet.unreleased():
+        due = fleet.energy.next_expiry()
+        if fleet.energy.unreleased:
             # Releases left over from a run are tried again later, not at once.
             again = self._retry_at or now
             due = again if due is None else min(due, again)
@@ -148,7 +148,7 @@ class SetpointReleases:
                 attempts = self._attempts.get(vehicle_id, 0) + 1
                 if attempts >= RELEASE_ATTEMPTS:
                     self._attempts.pop(vehicle_id, None)
-                    fleet.release_sent(vehicle_id)
+                    fleet.energy.release_sent(vehicle_id)
                     LOGGER.warning(
                         "Vehicle %s did not acknowledge the end of dispatch %s "
                         "after %d releases; it may still hold its setpoint",

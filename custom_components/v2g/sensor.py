@@ -91,6 +91,9 @@ class V2GVehicleSensorDescription(SensorEntityDescription):
 
     value_fn: Callable[[VehicleSnapshot], StateType]
     exists_fn: Callable[[Mapping[str, Any]], bool] = lambda options: True
+    attributes_fn: Callable[[VehicleSnapshot], dict[str, Any] | None] = (
+        lambda vehicle: None
+    )
 
 
 FLEET_SENSORS: tuple[V2GFleetSensorDescription, ...] = (
@@ -228,6 +231,15 @@ def _prediction_on(options: Mapping[str, Any]) -> bool:
     return bool(options.get(CONF_PREDICTION, DEFAULT_PREDICTION) != PREDICTION_OFF)
 
 
+def _learned_limits(vehicle: VehicleSnapshot) -> dict[str, Any] | None:
+    """The limits learned from what the vehicle really does (only those learned)."""
+    learned = {
+        "learned_charge_kw": vehicle.learned_charge_kw,
+        "learned_discharge_kw": vehicle.learned_discharge_kw,
+    }
+    return {key: kw for key, kw in learned.items() if kw is not None} or None
+
+
 VEHICLE_SENSORS: tuple[V2GVehicleSensorDescription, ...] = (
     V2GVehicleSensorDescription(
         key="state_of_charge",
@@ -246,6 +258,16 @@ VEHICLE_SENSORS: tuple[V2GVehicleSensorDescription, ...] = (
         native_unit_of_measurement=UnitOfPower.KILO_WATT,
         suggested_display_precision=1,
         value_fn=lambda vehicle: vehicle.setpoint_kw,
+        attributes_fn=_learned_limits,
+    ),
+    V2GVehicleSensorDescription(
+        key="measured_power",
+        translation_key="measured_power",
+        device_class=SensorDeviceClass.POWER,
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=UnitOfPower.KILO_WATT,
+        suggested_display_precision=1,
+        value_fn=lambda vehicle: vehicle.measured_power_kw,
     ),
     V2GVehicleSensorDescription(
         key="ack_rate",
@@ -353,6 +375,14 @@ class V2GVehicleSensor(V2GVehicleEntity, SensorEntity):
         """Return the value from the vehicle's latest snapshot."""
         vehicle = self.vehicle
         return None if vehicle is None else self.entity_description.value_fn(vehicle)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        """Return what the description adds (the setpoint's learned limits)."""
+        vehicle = self.vehicle
+        if vehicle is None:
+            return None
+        return self.entity_description.attributes_fn(vehicle)
 
     def _rendered_state(self) -> Any:
         return displayed_value(self, self.native_value)

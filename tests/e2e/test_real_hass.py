@@ -65,7 +65,7 @@ async def test_real_hass_process_dispatches_to_the_simulated_fleet(
         setpoints = {
             entity_id: float(s["state"])
             for entity_id, s in states.items()
-            if entity_id.endswith("_setpoint")
+            if entity_id.startswith("sensor.") and entity_id.endswith("_setpoint")
         }
         assert sum(setpoints.values()) == pytest.approx(12.0)
 

@@ -26,6 +26,7 @@ from custom_components.v2g.engine import (
     Order,
     OrderOutcome,
     OrderStatus,
+    PowerLimits,
     SafetySettings,
     SignalType,
     Strategy,
@@ -198,7 +199,7 @@ async def test_fallback_round_is_sent_and_acknowledged() -> None:
     }
     fallback_orders = harness.transport.calls[2]
     assert {o.vehicle_id for o in fallback_orders} == {"v1", "v3"}
-    # v1 and v3 each offer (20 - 10) x SoC 0.7 = 7 kW; 10 kW residual: 5 each.
+    # v1 and v3 have 10 kW of headroom and the same weight (SoC 0.7): 5 kW each.
     assert {o.vehicle_id: o.power_kw for o in fallback_orders} == {
         "v1": pytest.approx(15.0),
         "v3": pytest.approx(15.0),
@@ -577,9 +578,11 @@ async def test_fallback_donors_include_unused_eligible_vehicles() -> None:
     )
     result = await harness.dispatch(10.0)
     assert list(result.vehicles) == ["hi"]
-    assert result.fallback["lo"].power_kw == pytest.approx(10.0 * 0.65)
+    # Filled to its safe headroom (Go: 10 x SoC 0.65 = 6.5 kW, a partial dispatch).
+    assert result.fallback["lo"].power_kw == pytest.approx(10.0)
     assert result.fallback["lo"].status is OrderStatus.ACKNOWLEDGED
-    assert result.status is DispatchStatus.PARTIAL
+    assert result.acknowledged_kw == pytest.approx(10.0)
+    assert result.status is DispatchStatus.COMPLETED
 
 
 async def test_no_fallback_mode_leaves_the_residual() -> None:
@@ -599,10 +602,11 @@ async def test_no_fallback_mode_leaves_the_residual() -> None:
     assert result.status is DispatchStatus.PARTIAL
 
 
-async def test_balanced_manager_case_48() -> None:
+async def test_balanced_manager_case_fills_the_headroom() -> None:
     """Go: Equal 80 kW over 2 x (50 kW, SoC 0.8), v1 fails -> v2 48, v1 0.
 
-    The 48 kW is now *sent* to v2 as its new total setpoint.
+    v2's 10 kW of headroom are safe, so it now goes to 50 kW (Go: 40 + 10 x 0.8),
+    *sent* to v2 as its new total setpoint.
     """
     vehicles = [
         make_vehicle("v1", soc=0.8, max_power_kw=50.0, battery_kwh=100.0),
@@ -614,9 +618,41 @@ async def test_balanced_manager_case_48() -> None:
         DispatchSettings(publish_retries=0),
     )
     result = await harness.dispatch(80.0, strategy=Strategy.EQUAL)
-    assert result.fallback["v2"].power_kw == pytest.approx(48.0)
-    assert harness.transport.calls[-1][0].power_kw == pytest.approx(48.0)
-    assert harness.fleet.setpoints == {"v2": pytest.approx(48.0)}
+    assert result.fallback["v2"].power_kw == pytest.approx(50.0)
+    assert harness.transport.calls[-1][0].power_kw == pytest.approx(50.0)
+    assert harness.fleet.setpoints == {"v2": pytest.approx(50.0)}
+
+
+async def test_a_timeout_on_fcr_is_covered_by_the_safe_headroom() -> None:
+    """Issue #14: 20 kW FCR over two 22 kW vehicles at SoC 0.7, one times out.
+
+    Go gave the other 10 + 12 x 0.7 = 18.4 kW (partial); its 12 kW of headroom
+    are safe, so it takes the whole 10 kW residual and the dispatch completes.
+    """
+    harness = Harness(two_vehicles(), {"v1": Rule(action="silent")}, DispatchSettings())
+    result = await harness.dispatch(20.0, strategy=Strategy.EQUAL)
+    assert result.vehicles["v1"].status is OrderStatus.TIMEOUT
+    assert result.fallback["v2"].power_kw == pytest.approx(20.0)
+    assert result.acknowledged_kw == pytest.approx(20.0)
+    assert result.status is DispatchStatus.COMPLETED
+
+
+async def test_a_rejection_over_the_limit_lowers_the_next_order() -> None:
+    """Rejected for exceeding its power: the next dispatch asks 90 % of it."""
+    harness = Harness(
+        [make_vehicle("v", max_power_kw=10.0)],
+        {"v": Rule(action="reject", reason="exceeds_max_power")},
+    )
+    first = await harness.dispatch(-10.0, signal_type=SignalType.AFRR)
+    assert first.vehicles["v"].status is OrderStatus.REJECTED
+    assert harness.fleet.learned_limits.get("v") == PowerLimits(charge_kw=9.0)
+    harness.transport.rules["v"] = Rule()
+    second = await harness.dispatch(-10.0, signal_type=SignalType.AFRR)
+    assert second.vehicles["v"].power_kw == pytest.approx(-9.0)
+    assert second.shortfall_kw == pytest.approx(1.0)
+    # Discharging is not affected.
+    third = await harness.dispatch(10.0, signal_type=SignalType.AFRR)
+    assert third.vehicles["v"].power_kw == pytest.approx(10.0)
 
 
 async def test_prediction_hook_sets_availability() -> None:

@@ -60,7 +60,7 @@ async def test_release_sends_zero_to_setpoints_that_ended() -> None:
     assert {(o.vehicle_id, o.power_kw) for o in orders} == {("v1", 0.0), ("v2", 0.0)}
     assert {o.dispatch_id for o in orders} == {result.dispatch_id}
     assert {o.signal_type for o in orders} == {result.signal.signal_type}
-    assert harness.fleet.unreleased() == {}
+    assert harness.fleet.energy.unreleased == {}
     assert await harness.engine.release_ended() == {}  # released once
 
 
@@ -82,7 +82,7 @@ async def test_release_skips_superseded_pending_and_self_releasing() -> None:
         "v2": OrderStatus.TIMEOUT
     }
     # v2 did not answer: it is released again next time; v3 released itself.
-    assert set(harness.fleet.unreleased()) == {"v2"}
+    assert set(harness.fleet.energy.unreleased) == {"v2"}
     assert harness.fleet.setpoints == {"v1": 5.0}
 
 
@@ -99,23 +99,23 @@ def test_unreleased_setpoints_survive_a_restart() -> None:
         dispatch_id="d1",
         signal_type="aFRR",
     )
-    assert fleet.next_expiry() == START + timedelta(seconds=10)
+    assert fleet.energy.next_expiry() == START + timedelta(seconds=10)
     stored = fleet.as_dict()
     restored = FleetState.from_dict(stored)
     restored.accrue(START + timedelta(minutes=5))  # Home Assistant was down
-    (setpoint,) = restored.unreleased().values()
+    (setpoint,) = restored.energy.unreleased.values()
     assert (setpoint.dispatch_id, setpoint.signal_type) == ("d1", "aFRR")
     assert restored.setpoints == {}
-    assert restored.next_expiry() is None
+    assert restored.energy.next_expiry() is None
     again = FleetState.from_dict(restored.as_dict())
-    assert set(again.unreleased()) == {"v1"}
+    assert set(again.energy.unreleased) == {"v1"}
     # Data stored before releases existed loads: its setpoints name no dispatch.
     del stored["unreleased"]
     for item in stored["setpoints"].values():
         del item["dispatch_id"], item["signal_type"]
     old = FleetState.from_dict(stored)
     old.accrue(START + timedelta(minutes=5))
-    assert old.unreleased() == {}
+    assert old.energy.unreleased == {}
 
 
 @pytest.mark.parametrize("power_kw", [0.0])

@@ -36,10 +36,11 @@ from .eligibility import (
     evaluate_eligibility,
     vehicle_capacity,
 )
-from .fallback import effective_capacity, reallocate
+from .fallback import donor_headroom, donor_weight, reallocate
 from .fleet import FleetState, Setpoint, VehicleStats
 from .inflight import interrupted_response, starting_record
 from .kpi import co2_avoided_g, energy_kwh
+from .limits import DeliveryTolerance, LearnedLimits, PowerLimits
 from .models import (
     DispatchStatus,
     EngineError,
@@ -92,6 +93,7 @@ __all__ = [
     "Candidate",
     "DayAheadPlan",
     "DecodeError",
+    "DeliveryTolerance",
     "DispatchEngine",
     "DispatchRequest",
     "DispatchResult",
@@ -107,6 +109,7 @@ __all__ = [
     "HourOfWeekProfile",
     "InfeasiblePlanError",
     "InvalidValueError",
+    "LearnedLimits",
     "Order",
     "OrderOutcome",
     "OrderRound",
@@ -114,6 +117,7 @@ __all__ = [
     "OrderTransport",
     "PendingOrder",
     "PlanEntry",
+    "PowerLimits",
     "PredictionEngine",
     "RejectedAck",
     "ResolutionListener",
@@ -138,7 +142,8 @@ __all__ = [
     "decode_gateway_acks",
     "decode_telemetry",
     "decode_vehicle",
-    "effective_capacity",
+    "donor_headroom",
+    "donor_weight",
     "encode_gateway_batch",
     "encode_order",
     "energy_kwh",

@@ -25,12 +25,12 @@ from datetime import datetime
 import math
 from typing import Any
 
+from .limits import DeliveryTolerance
 from .models import OrderStatus, isoformat_utc
 from .results import DispatchResult, OrderOutcome, round_kw
 from .steps import Steps, chunks, run_steps
 
 # A tolerance band is compared with this much slack (float sums of kW).
-_BAND_SLACK_KW = 1e-9
 # Orders that reached their vehicle: the vehicle is judged on them.
 _JUDGED = frozenset(
     {OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT}
@@ -41,23 +41,6 @@ VERIFICATION_KEYS = ("delivered_kw", "delivery_ratio", "verified_at", "unmeasure
 ORDER_VERIFICATION_KEYS = ("measured_kw", "following")
 # At most this many ids in the event's `not_following` list.
 EVENT_ID_LIMIT = 20
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryTolerance:
-    """How far a measured power may be from its setpoint and still follow it."""
-
-    fraction: float = 0.10
-    kw: float = 1.0
-
-    def band_kw(self, setpoint_kw: float) -> float:
-        """The largest difference that still follows `setpoint_kw` (kW)."""
-        return max(self.fraction * abs(setpoint_kw), self.kw)
-
-    def follows(self, measured_kw: float, setpoint_kw: float) -> bool:
-        """Return True if `measured_kw` is within the band around `setpoint_kw`."""
-        band = self.band_kw(setpoint_kw) + _BAND_SLACK_KW
-        return abs(measured_kw - setpoint_kw) <= band
 
 
 @dataclass(frozen=True, slots=True)

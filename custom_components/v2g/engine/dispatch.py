@@ -268,7 +268,11 @@ class DispatchEngine:
             allocation = Allocation(powers, {}, 0.0)
         else:
             eligibility = evaluate_eligibility(
-                vehicles, signal, self.settings.safety, started_at
+                vehicles,
+                signal,
+                self.settings.safety,
+                started_at,
+                self.fleet.learned_limits.limits,
             )
             excluded = eligibility.excluded
             candidates = _with_predictions(
@@ -456,12 +460,20 @@ def _learn(
     dispatch_id: str | None = None,
     signal_type: str | None = None,
 ) -> None:
-    """Teach the fleet the final status of each order, and who took part."""
+    """Teach the fleet the final status of each order, and who took part.
+
+    A rejection for being over the vehicle's power also teaches its limit.
+    """
     if request is not None:
         dispatch_id = request.dispatch_id
         signal_type = request.signal.signal_type.value
     participants: set[str] = set()
     for outcome in outcomes:
+        vehicle = fleet.vehicles.get(outcome.vehicle_id)
+        if outcome.status is OrderStatus.REJECTED and vehicle is not None:
+            fleet.learned_limits.learn_rejection(
+                vehicle, outcome.power_kw, outcome.reason
+            )
         fleet.record_outcome(
             outcome.vehicle_id,
             outcome.status,

@@ -18,17 +18,20 @@ Two layers of rules:
   departure requirement is what leaves nothing to give.
 
 The outcome per vehicle is a capacity in kW: what it can sustain in the signal's
-direction for the whole signal. Unlike the Go system, a vehicle that cannot cover
+direction for the whole signal, within its power: max power to discharge, charge
+rate to charge, each lowered by a learned limit when there is one (`limits`,
+docs/dispatch.md#learned-limits). Unlike the Go system, a vehicle that cannot cover
 the whole request is kept with the power it *can* give; the allocator reports the
 shortfall instead of dropping the vehicle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .limits import PowerLimits
 from .models import (
     ExclusionReason,
     FlexibilitySignal,
@@ -89,11 +92,13 @@ class Eligibility:
         return sum(c.capacity_kw for c in self.candidates)
 
 
-def _departure_floor(vehicle: Vehicle, recharge_from: datetime) -> float | None:
+def _departure_floor(
+    vehicle: Vehicle, recharge_from: datetime, charge_rate_kw: float
+) -> float | None:
     """SoC the vehicle must keep so it still reaches its min SoC by departure.
 
     From `recharge_from` (the later of the signal's end and now) the vehicle
-    recharges at its charge rate until it leaves; if it leaves before that, it
+    recharges at `charge_rate_kw` until it leaves; if it leaves before that, it
     must already hold its min SoC. None when there is no departure or no min SoC
     to protect. The result may be negative (enough time to recharge from empty).
     """
@@ -103,9 +108,7 @@ def _departure_floor(vehicle: Vehicle, recharge_from: datetime) -> float | None:
     if departure <= recharge_from:
         return vehicle.min_soc
     hours = (departure - recharge_from).total_seconds() / 3600.0
-    return (
-        vehicle.min_soc - vehicle.effective_charge_rate_kw * hours / vehicle.battery_kwh
-    )
+    return vehicle.min_soc - charge_rate_kw * hours / vehicle.battery_kwh
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,15 @@ class _Rules:
     recharge_from: datetime
     base_floor: float
     soc_constraints: bool
+    limits: Mapping[str, PowerLimits]
 
     @classmethod
     def of(
-        cls, signal: FlexibilitySignal, safety: SafetySettings, now: datetime
+        cls,
+        signal: FlexibilitySignal,
+        safety: SafetySettings,
+        now: datetime,
+        limits: Mapping[str, PowerLimits] | None,
     ) -> _Rules:
         return cls(
             signal.signal_type,
@@ -130,7 +138,15 @@ class _Rules:
             max(signal.end, now),
             max(safety.min_soc, safety.safe_discharge_floor),
             safety.soc_constraints,
+            {} if limits is None else limits,
         )
+
+    def power_kw_of(self, vehicle: Vehicle, *, discharge: bool) -> float:
+        """Max power (discharge) or charge rate, capped by a learned limit."""
+        power = vehicle.max_power_kw if discharge else vehicle.effective_charge_rate_kw
+        limits = self.limits.get(vehicle.vehicle_id)
+        learned = None if limits is None else limits.in_direction(discharge)
+        return power if learned is None else min(power, learned)
 
 
 def _signal_type_rule(
@@ -152,7 +168,7 @@ def _signal_type_rule(
 def _discharge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionReason:
     if not vehicle.is_v2g:
         return ExclusionReason.NOT_V2G
-    capacity = vehicle.max_power_kw
+    capacity = rules.power_kw_of(vehicle, discharge=True)
     protected_by_departure = False
     if rules.soc_constraints:
         soc = vehicle.soc
@@ -161,7 +177,9 @@ def _discharge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionRea
             floor = vehicle.min_soc
         if soc <= floor + _SOC_EPSILON:
             return ExclusionReason.SOC_BELOW_MIN
-        needed = _departure_floor(vehicle, rules.recharge_from)
+        needed = _departure_floor(
+            vehicle, rules.recharge_from, rules.power_kw_of(vehicle, discharge=False)
+        )
         if needed is not None and needed > floor:
             floor = needed
             protected_by_departure = True
@@ -178,7 +196,7 @@ def _discharge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionRea
 
 
 def _charge_capacity(vehicle: Vehicle, rules: _Rules) -> float | ExclusionReason:
-    capacity = vehicle.effective_charge_rate_kw
+    capacity = rules.power_kw_of(vehicle, discharge=False)
     if rules.soc_constraints:
         room_kwh = (1.0 - vehicle.soc) * vehicle.battery_kwh
         capacity = min(capacity, room_kwh / rules.duration_h)
@@ -205,9 +223,10 @@ def vehicle_capacity(
     signal: FlexibilitySignal,
     safety: SafetySettings,
     now: datetime,
+    limits: Mapping[str, PowerLimits] | None = None,
 ) -> float | ExclusionReason:
     """Return what one vehicle can give for `signal` (kW), or why it cannot."""
-    return _capacity(vehicle, _Rules.of(signal, safety, now))
+    return _capacity(vehicle, _Rules.of(signal, safety, now, limits))
 
 
 def evaluate_eligibility(
@@ -215,13 +234,15 @@ def evaluate_eligibility(
     signal: FlexibilitySignal,
     safety: SafetySettings,
     now: datetime,
+    limits: Mapping[str, PowerLimits] | None = None,
 ) -> Eligibility:
     """Split `vehicles` into candidates (with capacities) and excluded (with reasons).
 
     Candidates keep the input order. `now` bounds the departure protection: the
-    recharge window starts at the later of the signal's end and `now`.
+    recharge window starts at the later of the signal's end and `now`. `limits`
+    are the learned limits by vehicle id (`FleetState.learned_limits.limits`).
     """
-    rules = _Rules.of(signal, safety, now)
+    rules = _Rules.of(signal, safety, now, limits)
     candidates: list[Candidate] = []
     excluded: dict[str, ExclusionReason] = {}
     add_candidate = candidates.append

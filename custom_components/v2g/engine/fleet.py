@@ -17,17 +17,22 @@ integrated lazily: when the setpoint changes and when `accrue(now)` is called.
 A setpoint that expired stays *unreleased* until the host sent the vehicle its
 release (a 0 kW order, docs/dispatch.md#release-at-the-end) or a newer order
 replaced it: a vehicle that ignores `expires_at` would otherwise keep it.
+
+Measured power (telemetry `power_kw`, or the power entity of a vehicle controlled
+through Home Assistant) is kept per vehicle and teaches the vehicle's real charge
+and discharge limits (`limits.LearnedLimits`), judged with `delivery_tolerance`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
 from .kpi import energy_kwh
+from .limits import DeliveryTolerance, LearnedLimits
 from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
 from .steps import Steps, chunks, run_steps
 
@@ -229,6 +234,53 @@ class EnergyLedger:
             if setpoint.dispatch_id is not None:
                 self.unreleased[vehicle_id] = setpoint
 
+    def release_sent(self, vehicle_id: str) -> None:
+        """Nothing is left to release for the vehicle (sent, or given up)."""
+        self.unreleased.pop(vehicle_id, None)
+
+    def next_expiry(self) -> datetime | None:
+        """When the next setpoint of a dispatch expires (None: none held)."""
+        return min(
+            (
+                sp.expires_at
+                for sp in self.setpoints.values()
+                if sp.expires_at is not None and sp.dispatch_id is not None
+            ),
+            default=None,
+        )
+
+    def as_dict_steps(self) -> Steps[dict[str, Any]]:
+        """The setpoints, unreleased setpoints and energies, JSON-safe, in steps."""
+        setpoints: dict[str, Any] = {}
+        for setpoint_chunk in chunks(list(self.setpoints.items())):
+            setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
+            yield
+        return {
+            "setpoints": setpoints,
+            "unreleased": {vid: sp.as_dict() for vid, sp in self.unreleased.items()},
+            "energy_discharged_kwh": dict(self.discharged_kwh),
+            "energy_charged_kwh": dict(self.charged_kwh),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], known: Mapping[str, Vehicle]
+    ) -> EnergyLedger:
+        """Read what `as_dict_steps` wrote, for known vehicles only."""
+        ledger = cls()
+        for table, key in (
+            (ledger.setpoints, "setpoints"),
+            (ledger.unreleased, "unreleased"),
+        ):
+            table.update(
+                (vid, Setpoint.from_dict(item))
+                for vid, item in data.get(key, {}).items()
+                if vid in known
+            )
+        ledger.discharged_kwh = _known_floats(data, "energy_discharged_kwh", known)
+        ledger.charged_kwh = _known_floats(data, "energy_charged_kwh", known)
+        return ledger
+
     def forget(self, vehicle_id: str) -> None:
         """Drop a vehicle's setpoint and energy."""
         for table in (
@@ -283,8 +335,12 @@ class FleetState:
         self.participation: dict[str, int] = {}
         self.stats: dict[str, VehicleStats] = {}
         self.measured_power_kw: dict[str, float] = {}
+        self.learned_limits = LearnedLimits()
+        # How closely measured power must follow a setpoint (set from the options).
+        self.delivery_tolerance = DeliveryTolerance()
         self._reliability: dict[str, float] = {}
-        self._energy = EnergyLedger()
+        # Setpoints, their release and the energy integrated from them.
+        self.energy = EnergyLedger()
 
     # --- vehicles ---------------------------------------------------------------
 
@@ -295,14 +351,23 @@ class FleetState:
         self.last_seen[vehicle.vehicle_id] = seen_at
         return is_new
 
-    def apply_telemetry(self, telemetry: Telemetry, seen_at: float) -> Vehicle:
-        """Update (or create) a vehicle from a telemetry report; return it."""
+    def apply_telemetry(
+        self, telemetry: Telemetry, seen_at: float, at: datetime | None = None
+    ) -> Vehicle:
+        """Update (or create) a vehicle from a telemetry report; return it.
+
+        With `power_kw`, the vehicle is charging when it is < 0, whatever the
+        `charging` key says (docs/protocol.md#telemetry); the power is a
+        measurement taken at `at` (wall time; None: kept, nothing learned).
+        """
         changes: dict[str, Any] = {}
         if telemetry.soc is not None:
             changes["soc"] = telemetry.soc
         if telemetry.available is not None:
             changes["available"] = telemetry.available
-        if telemetry.charging is not None:
+        if telemetry.power_kw is not None:
+            changes["charging"] = telemetry.power_kw < 0.0
+        elif telemetry.charging is not None:
             changes["charging"] = telemetry.charging
         current = self.vehicles.get(telemetry.vehicle_id)
         if current is None:
@@ -314,8 +379,24 @@ class FleetState:
         self.vehicles[vehicle.vehicle_id] = vehicle
         self.last_seen[vehicle.vehicle_id] = seen_at
         if telemetry.power_kw is not None:
-            self.measured_power_kw[vehicle.vehicle_id] = telemetry.power_kw
+            self.observe_power(vehicle.vehicle_id, telemetry.power_kw, at)
         return vehicle
+
+    def observe_power(
+        self, vehicle_id: str, power_kw: float, at: datetime | None
+    ) -> bool:
+        """Keep a known vehicle's power measured at `at` (None: no limit sample).
+
+        Return True if it changed a learned limit.
+        """
+        if (vehicle := self.vehicles.get(vehicle_id)) is None:
+            return False
+        self.measured_power_kw[vehicle_id] = power_kw
+        setpoint = self.energy.setpoints.get(vehicle_id)
+        limits, tolerance = self.learned_limits, self.delivery_tolerance
+        return at is not None and limits.observe(
+            vehicle, power_kw, setpoint, at, tolerance
+        )
 
     def touch(self, vehicle_id: str, seen_at: float) -> None:
         """Note that a known vehicle was heard from (e.g. it sent an ack)."""
@@ -333,7 +414,8 @@ class FleetState:
             self._reliability,
         ):
             table.pop(vehicle_id, None)
-        self._energy.forget(vehicle_id)
+        self.energy.forget(vehicle_id)
+        self.learned_limits.forget(vehicle_id)
         return found
 
     def stale_ids(self, now: float, timeout: float) -> list[str]:
@@ -412,7 +494,7 @@ class FleetState:
         if sample is not None:
             self._learn_reliability(vehicle_id, sample)
         if status is OrderStatus.ACKNOWLEDGED:
-            self._energy.hold(
+            self.energy.hold(
                 vehicle_id, power_kw, at, expires_at, dispatch_id, signal_type
             )
 
@@ -449,52 +531,30 @@ class FleetState:
     @property
     def setpoints(self) -> dict[str, float]:
         """Acknowledged non-zero setpoints (as of the last `accrue`/outcome)."""
-        return {vid: sp.power_kw for vid, sp in self._energy.setpoints.items()}
+        return {vid: sp.power_kw for vid, sp in self.energy.setpoints.items()}
 
     def setpoint(self, vehicle_id: str) -> Setpoint | None:
         """The current setpoint record of a vehicle, if any."""
-        return self._energy.setpoints.get(vehicle_id)
+        return self.energy.setpoints.get(vehicle_id)
 
     def hold_idle(self, vehicle_id: str, at: datetime) -> None:
-        """The vehicle acknowledged 0 kW outside a dispatch (a release or revoke).
-
-        Its setpoint ends at `at`; its ack statistics are left alone.
-        """
+        """0 kW acknowledged outside an allocation (revoke, release): no stats."""
         if vehicle_id in self.vehicles:
-            self._energy.hold(vehicle_id, 0.0, at, None)
-
-    def unreleased(self) -> dict[str, Setpoint]:
-        """Expired setpoints whose vehicles were not sent their release yet."""
-        return dict(self._energy.unreleased)
-
-    def release_sent(self, vehicle_id: str) -> None:
-        """The release of a vehicle's expired setpoint was acknowledged."""
-        self._energy.unreleased.pop(vehicle_id, None)
-
-    def next_expiry(self) -> datetime | None:
-        """When the next setpoint of a dispatch expires (None: none held)."""
-        return min(
-            (
-                sp.expires_at
-                for sp in self._energy.setpoints.values()
-                if sp.expires_at is not None and sp.dispatch_id is not None
-            ),
-            default=None,
-        )
+            self.energy.hold(vehicle_id, 0.0, at, None)
 
     @property
     def energy_discharged_kwh(self) -> dict[str, float]:
         """Energy each vehicle discharged (as of the last `accrue`/outcome)."""
-        return self._energy.discharged_kwh
+        return self.energy.discharged_kwh
 
     @property
     def energy_charged_kwh(self) -> dict[str, float]:
         """Energy each vehicle charged (as of the last `accrue`/outcome)."""
-        return self._energy.charged_kwh
+        return self.energy.charged_kwh
 
     def accrue(self, now: datetime) -> None:
         """Integrate every setpoint up to `now`; drop the ones that expired."""
-        self._energy.accrue(now)
+        self.energy.accrue(now)
 
     # --- persistence ------------------------------------------------------------
 
@@ -512,11 +572,7 @@ class FleetState:
         for vehicle_chunk in chunks(list(self.vehicles.values())):
             vehicles.extend(v.as_dict() for v in vehicle_chunk)
             yield
-        setpoints: dict[str, Any] = {}
-        for setpoint_chunk in chunks(list(self._energy.setpoints.items())):
-            setpoints.update((vid, sp.as_dict()) for vid, sp in setpoint_chunk)
-            yield
-        unreleased = {vid: sp.as_dict() for vid, sp in self._energy.unreleased.items()}
+        energy = yield from self.energy.as_dict_steps()
         stats: dict[str, Any] = {}
         for stats_chunk in chunks(list(self.stats.items())):
             stats.update((vid, st.as_dict()) for vid, st in stats_chunk)
@@ -524,13 +580,11 @@ class FleetState:
         return {
             "version": STATE_VERSION,
             "vehicles": vehicles,
-            "setpoints": setpoints,
-            "unreleased": unreleased,
+            **energy,
             "participation": dict(self.participation),
             "reliability": dict(self._reliability),
             "stats": stats,
-            "energy_discharged_kwh": dict(self.energy_discharged_kwh),
-            "energy_charged_kwh": dict(self.energy_charged_kwh),
+            "learned_limits": self.learned_limits.as_dict(),
         }
 
     @classmethod
@@ -558,37 +612,38 @@ class FleetState:
                 if seen_at is not None:
                     fleet.last_seen[vehicle.vehicle_id] = seen_at
             known = fleet.vehicles
-            energy = fleet._energy
-            for vid, item in data.get("setpoints", {}).items():
-                if vid in known:
-                    energy.setpoints[vid] = Setpoint.from_dict(item)
-            for vid, item in data.get("unreleased", {}).items():
-                if vid in known:
-                    energy.unreleased[vid] = Setpoint.from_dict(item)
-            fleet.participation = {
-                vid: int(n)
-                for vid, n in data.get("participation", {}).items()
-                if vid in known
-            }
-            fleet._reliability = {
-                vid: min(max(float(r), RELIABILITY_MIN), RELIABILITY_MAX)
-                for vid, r in data.get("reliability", {}).items()
-                if vid in known
-            }
-            fleet.stats = {
-                vid: VehicleStats.from_dict(item)
-                for vid, item in data.get("stats", {}).items()
-                if vid in known
-            }
-            energy.discharged_kwh = _known_floats(data, "energy_discharged_kwh", known)
-            energy.charged_kwh = _known_floats(data, "energy_charged_kwh", known)
+            fleet.energy = EnergyLedger.from_dict(data, known)
+            fleet.participation = _known(data, "participation", known, int)
+            fleet._reliability = _known(data, "reliability", known, _reliability)
+            fleet.stats = _known(data, "stats", known, VehicleStats.from_dict)
+            # Absent from the data of versions before learned limits.
+            fleet.learned_limits = LearnedLimits.from_dict(
+                data.get("learned_limits", {}), known
+            )
         except (DecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidValueError("fleet", f"malformed state: {err}") from err
         return fleet
+
+
+def _known[T](
+    data: Mapping[str, Any],
+    name: str,
+    known: Mapping[str, Vehicle],
+    read: Callable[[Any], T],
+) -> dict[str, T]:
+    """The per-vehicle values stored under `name`, for known vehicles only."""
+    return {
+        vid: read(value) for vid, value in data.get(name, {}).items() if vid in known
+    }
 
 
 def _known_floats(
     data: Mapping[str, Any], name: str, known: Mapping[str, Vehicle]
 ) -> dict[str, float]:
     """The per-vehicle numbers stored under `name`, for known vehicles only."""
-    return {vid: float(kwh) for vid, kwh in data.get(name, {}).items() if vid in known}
+    return _known(data, name, known, float)
+
+
+def _reliability(value: Any) -> float:
+    """A stored reliability, bounded as learned ones are."""
+    return min(max(float(value), RELIABILITY_MIN), RELIABILITY_MAX)

@@ -65,10 +65,10 @@ class IdleOrders:
         fleet.accrue(now)
         orders: list[Order] = []
         timestamp_ms = int(now.timestamp() * 1000)
-        for vehicle_id, setpoint in fleet.unreleased().items():
+        for vehicle_id, setpoint in dict(fleet.energy.unreleased).items():
             vehicle = fleet.vehicles.get(vehicle_id)
             if vehicle is None or skip(vehicle_id):
-                fleet.release_sent(vehicle_id)
+                fleet.energy.release_sent(vehicle_id)
                 continue
             if self._tracker.pending_for_vehicle(vehicle_id) is not None:
                 continue

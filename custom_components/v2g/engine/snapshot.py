@@ -17,6 +17,7 @@ from typing import Any
 from .eligibility import SafetySettings, evaluate_eligibility
 from .fleet import FleetState
 from .kpi import co2_avoided_g
+from .limits import PowerLimits
 from .metrics import DispatchMetrics
 from .models import FlexibilitySignal, SignalType, Vehicle, parse_utc_time
 from .prediction import PredictionEngine
@@ -43,6 +44,13 @@ class VehicleSnapshot:
     energy_charged_kwh: float
     co2_avoided_g: float
     availability_forecast: float | None
+    # Latest measured power (kW, signed like setpoints); None: never measured.
+    measured_power_kw: float | None = None
+    # Since when the measured power is off the setpoint by more than the delivery
+    # tolerance (the first snapshot that showed it); None while it follows.
+    deviating_since: datetime | None = None
+    learned_charge_kw: float | None = None
+    learned_discharge_kw: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +104,7 @@ class SnapshotBuilder:
     def __init__(self) -> None:
         """Start with no vehicle known."""
         self._cache: dict[str, tuple[_Values, VehicleSnapshot]] = {}
+        self._deviating_since: dict[str, datetime] = {}
 
     def steps(
         self, fleet: FleetState, metrics: DispatchMetrics, inputs: SnapshotInputs
@@ -112,13 +121,17 @@ class SnapshotBuilder:
         live: list[Vehicle] = []
         cache = self._cache
         new_cache: dict[str, tuple[_Values, VehicleSnapshot]] = {}
+        deviating: dict[str, datetime] = {}
         for chunk in chunks(list(fleet.vehicles.items())):
             for vehicle_id, vehicle in chunk:
                 is_stale = vehicle_id in inputs.stale
                 if not is_stale:
                     live.append(vehicle)
+                since = self._deviation(fleet, vehicle_id, setpoints, now)
+                if since is not None:
+                    deviating[vehicle_id] = since
                 values = _vehicle_values(
-                    fleet, vehicle_id, vehicle, is_stale, setpoints, inputs
+                    fleet, vehicle_id, vehicle, is_stale, setpoints, inputs, since
                 )
                 cached = cache.get(vehicle_id)
                 if cached is None or cached[0] != values:
@@ -127,8 +140,14 @@ class SnapshotBuilder:
                 vehicles[vehicle_id] = cached[1]
             yield
         self._cache = new_cache
-        flexibility_up = yield from flexibility_steps(live, 1.0, inputs.safety, now)
-        flexibility_down = yield from flexibility_steps(live, -1.0, inputs.safety, now)
+        self._deviating_since = deviating
+        limits = fleet.learned_limits.limits
+        flexibility_up = yield from flexibility_steps(
+            live, 1.0, inputs.safety, now, limits
+        )
+        flexibility_down = yield from flexibility_steps(
+            live, -1.0, inputs.safety, now, limits
+        )
         last = metrics.last or {}
         delivery = metrics.last_delivery or {}
         return FleetSnapshot(
@@ -153,6 +172,25 @@ class SnapshotBuilder:
             delivery_ratio_24h=metrics.delivery_ratio_24h(now),
         )
 
+    def _deviation(
+        self,
+        fleet: FleetState,
+        vehicle_id: str,
+        setpoints: Mapping[str, float],
+        now: datetime,
+    ) -> datetime | None:
+        """Since when a vehicle's measured power is off its setpoint (0 when none).
+
+        The deviation starts with the first snapshot that shows it and lasts while
+        every snapshot does; a vehicle never measured does not deviate.
+        """
+        measured = fleet.measured_power_kw.get(vehicle_id)
+        if measured is None or fleet.delivery_tolerance.follows(
+            measured, setpoints.get(vehicle_id, 0.0)
+        ):
+            return None
+        return self._deviating_since.get(vehicle_id, now)
+
 
 def _vehicle_values(
     fleet: FleetState,
@@ -161,11 +199,14 @@ def _vehicle_values(
     is_stale: bool,
     setpoints: Mapping[str, float],
     inputs: SnapshotInputs,
+    deviating_since: datetime | None,
 ) -> _Values:
     """What the entities of one vehicle show, in `VehicleSnapshot` order."""
     stats = fleet.stats.get(vehicle_id)
     discharged = fleet.energy_discharged_kwh.get(vehicle_id, 0.0)
     prediction = inputs.prediction
+    measured = fleet.measured_power_kw.get(vehicle_id)
+    limits = fleet.learned_limits.get(vehicle_id)
     return (
         vehicle.is_v2g,
         inputs.subentry_ids.get(vehicle_id),
@@ -183,6 +224,10 @@ def _vehicle_values(
         if inputs.emission_factor > 0
         else 0.0,
         None if prediction is None else prediction.availability(vehicle_id, inputs.now),
+        None if measured is None else round(measured, 3),
+        deviating_since,
+        None if limits is None else limits.charge_kw,
+        None if limits is None else limits.discharge_kw,
     )
 
 
@@ -191,10 +236,12 @@ def flexibility_steps(
     direction: float,
     safety: SafetySettings,
     now: datetime,
+    limits: Mapping[str, PowerLimits] | None = None,
 ) -> Steps[float]:
     """Power the live fleet could sustain for 15 min in one direction (kW).
 
-    Only the safety rules apply (aFRR has no signal-type rule of its own).
+    Only the safety rules and the learned limits apply (aFRR has no signal-type
+    rule of its own).
     """
     probe = FlexibilitySignal(
         signal_type=SignalType.AFRR,
@@ -204,6 +251,8 @@ def flexibility_steps(
     )
     total = 0.0
     for chunk in chunks(vehicles):
-        total += evaluate_eligibility(chunk, probe, safety, now).total_capacity_kw
+        total += evaluate_eligibility(
+            chunk, probe, safety, now, limits
+        ).total_capacity_kw
         yield
     return round(total, 3)
