@@ -31,6 +31,8 @@ from .engine import DispatchEngine, OrderOutcome, OrderStatus
 
 RELEASE_RETRY = timedelta(seconds=30)
 RELEASE_ATTEMPTS = 3
+# A release that was acknowledged, or that a newer order replaced, is done.
+_SETTLED = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.SUPERSEDED})
 
 
 class SetpointReleases:
@@ -142,7 +144,7 @@ class SetpointReleases:
             for outcome in outcomes:
                 vehicle_id = outcome.vehicle_id
                 vehicles[vehicle_id] = outcome.status.value
-                if outcome.status is OrderStatus.ACKNOWLEDGED:
+                if outcome.status in _SETTLED:
                     self._attempts.pop(vehicle_id, None)
                     continue
                 attempts = self._attempts.get(vehicle_id, 0) + 1
@@ -166,3 +168,8 @@ class SetpointReleases:
             LOGGER.debug(
                 "Dispatch %s ended: released %d vehicles", dispatch_id, len(vehicles)
             )
+        # A vehicle a newer order reached has nothing left to release.
+        for vehicle_id in [
+            v for v in self._attempts if v not in fleet.energy.unreleased
+        ]:
+            del self._attempts[vehicle_id]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
-from custom_components.v2g.engine import DispatchSettings, FleetState, OrderStatus
+from custom_components.v2g.engine import (
+    DispatchSettings,
+    FleetState,
+    OrderStatus,
+    Strategy,
+)
 
 from .fakes import START, Rule, make_vehicle
 from .test_dispatch import Harness
@@ -125,3 +131,35 @@ async def test_return_to_idle_is_not_released(power_kw: float) -> None:
     await harness.dispatch(power_kw, duration_s=10.0)
     harness.runtime.clock += 11.0
     assert await harness.engine.release_ended() == {}
+
+
+async def test_release_leaves_vehicles_of_a_running_dispatch_alone() -> None:
+    """A newer order acknowledged but not yet learnt replaces the old setpoint."""
+    harness = Harness(
+        [*two_vehicles(), make_vehicle("v3", max_power_kw=20.0)],
+        {"v3": Rule(action="silent")},
+        DispatchSettings(),
+    )
+    await harness.dispatch(10.0, duration_s=10.0, vehicle_ids=("v1", "v2"))
+    harness.runtime.clock += 11.0
+    # v1 acknowledges the next dispatch at once; it waits for silent v3.
+    running = asyncio.ensure_future(
+        harness.dispatch(
+            10.0, duration_s=900.0, vehicle_ids=("v1", "v3"), strategy=Strategy.EQUAL
+        )
+    )
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if len(harness.transport.calls) == 2:
+            break
+    harness.runtime.fire_next()  # v1's ack
+    released = await harness.runtime.drive(harness.engine.release_ended())
+    assert [o.vehicle_id for o in released.popitem()[1]] == ["v2"]
+    for _ in range(1000):  # the release's driving may have fired its timers
+        if running.done():
+            break
+        harness.runtime.fire_next()
+        await asyncio.sleep(0)
+    result = running.result()
+    assert result.vehicles["v1"].status is OrderStatus.ACKNOWLEDGED
+    assert harness.fleet.setpoints["v1"] > 0.0

@@ -184,7 +184,13 @@ class DispatchEngine:
         self, skip: Callable[[str], bool] = lambda _vehicle_id: False
     ) -> dict[str, list[OrderOutcome]]:
         """Release the setpoints whose dispatch ended (see `IdleOrders.release`)."""
-        return await self._idle.release(skip)
+        engaged = {
+            entry.order.vehicle_id
+            for flight in self._inflight.values()
+            for entries in flight.rounds.values()
+            for entry in entries
+        }
+        return await self._idle.release(skip, engaged)
 
     async def dispatch(self, request: DispatchRequest) -> DispatchResult:
         """Run one dispatch to the end (or plan it, for a dry run).

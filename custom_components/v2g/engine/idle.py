@@ -13,7 +13,7 @@ the vehicle's ack statistics (they are not the allocation's orders).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from .acks import AckTracker, PendingOrder
 from .codec import Order
@@ -48,12 +48,13 @@ class IdleOrders:
         self._new_id = id_factory
 
     async def release(
-        self, skip: Callable[[str], bool]
+        self, skip: Callable[[str], bool], engaged: Collection[str] = ()
     ) -> dict[str, list[OrderOutcome]]:
         """Send 0 kW to every vehicle whose dispatch setpoint ended; wait for acks.
 
-        A vehicle with an order in flight is left alone (that order replaces
-        the setpoint); one for which `skip` is true is considered released (its
+        A vehicle with an order in flight, or `engaged` in a running dispatch
+        (its newer order may be acknowledged already and not yet learnt), is left
+        alone: that order replaces the setpoint. One for which `skip` is true is considered released (its
         channel returns it to idle itself). An acknowledged release ends the
         setpoint; the others stay unreleased for the next call.
 
@@ -70,7 +71,10 @@ class IdleOrders:
             if vehicle is None or skip(vehicle_id):
                 fleet.energy.release_sent(vehicle_id)
                 continue
-            if self._tracker.pending_for_vehicle(vehicle_id) is not None:
+            if (
+                vehicle_id in engaged
+                or self._tracker.pending_for_vehicle(vehicle_id) is not None
+            ):
                 continue
             orders.append(
                 self._idle_order(
