@@ -618,6 +618,28 @@ async def test_missing_control_makes_the_vehicle_unavailable_with_a_repair_issue
     assert response["vehicles"]["quasar"]["status"] == "acknowledged"
 
 
+async def test_control_no_longer_provided_raises_the_repair_issue(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, issue_registry: ir.IssueRegistry
+) -> None:
+    """A removed YAML helper leaves a restored "unavailable" state behind."""
+    await _quasar_helper(hass)
+    entry = await _fleet(hass)
+    subentry_id = await async_add_controlled_vehicle(hass, entry, QUASAR)
+    hass.states.async_set(CHARGER, "unavailable", {"restored": True})
+    await hass.async_block_till_done()
+
+    issue = issue_registry.async_get_issue(
+        DOMAIN, f"control_entity_missing_{subentry_id}"
+    )
+    assert issue is not None
+    assert issue.translation_placeholders == {
+        "entity_id": CHARGER,
+        "vehicle_id": "quasar",
+    }
+    response = await _dispatch(hass, 7)
+    assert response["excluded"] == {"quasar": "unavailable"}
+
+
 async def test_unavailable_control_is_not_ordered(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:

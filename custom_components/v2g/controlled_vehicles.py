@@ -22,7 +22,7 @@ from homeassistant.config_entries import (
     ConfigEntry,
     ConfigEntryChange,
 )
-from homeassistant.const import STATE_ON
+from homeassistant.const import ATTR_RESTORED, STATE_ON
 from homeassistant.core import (
     CALLBACK_TYPE,
     CoreState,
@@ -195,13 +195,18 @@ class ControlledVehicles:
 
     @callback
     def _check_controls(self) -> None:
-        """A repair issue per control that does not exist (once HA has started)."""
+        """A repair issue per control that does not exist (once HA has started).
+
+        A state restored by Home Assistant for a registered entity that nothing
+        provides any more (e.g. a YAML helper removed) counts as missing too.
+        """
         if self._hass.state is not CoreState.running:
             return
         wanted: dict[str, ControlSpec] = {
             f"{ISSUE_CONTROL_MISSING}_{spec.subentry_id}": spec
             for spec in self._specs.values()
-            if self._hass.states.get(spec.target) is None
+            if (state := self._hass.states.get(spec.target)) is None
+            or state.attributes.get(ATTR_RESTORED) is True
         }
         for issue_id in self._issues - set(wanted):
             ir.async_delete_issue(self._hass, DOMAIN, issue_id)
