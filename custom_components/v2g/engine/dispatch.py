@@ -184,13 +184,7 @@ class DispatchEngine:
         self, skip: Callable[[str], bool] = lambda _vehicle_id: False
     ) -> dict[str, list[OrderOutcome]]:
         """Release the setpoints whose dispatch ended (see `IdleOrders.release`)."""
-        engaged = {
-            entry.order.vehicle_id
-            for flight in self._inflight.values()
-            for entries in flight.rounds.values()
-            for entry in entries
-        }
-        return await self._idle.release(skip, engaged)
+        return await self._idle.release(skip, _engaged(self._inflight.values()))
 
     async def dispatch(self, request: DispatchRequest) -> DispatchResult:
         """Run one dispatch to the end (or plan it, for a dry run).
@@ -493,6 +487,16 @@ def _learn(
         if outcome.status is OrderStatus.ACKNOWLEDGED and outcome.delivered_kw:
             participants.add(outcome.vehicle_id)
     fleet.add_participation(sorted(participants))
+
+
+def _engaged(flights: Iterable[InFlight]) -> set[str]:
+    """The vehicles with an order in a running dispatch (answered or not)."""
+    return {
+        entry.order.vehicle_id
+        for flight in flights
+        for entries in flight.rounds.values()
+        for entry in entries
+    }
 
 
 async def _yield_to_loop() -> None:
