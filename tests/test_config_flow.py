@@ -177,6 +177,11 @@ async def test_user_flow_creates_entry(
         "vehicle_id": "{vehicle_id}",
         "gateway_id": "{gateway_id}",
         "topic": "",
+        "other_fleet": "",
+        "other_topic": "",
+        "overlap_count": "0",
+        "command_other_fleet": "",
+        "command_other_topic": "",
     }
     assert _defaults(result["data_schema"]) == _user_input(name=DEFAULT_NAME)
     topics = result["data_schema"].schema[SECTION_ADVANCED_TOPICS]
@@ -264,21 +269,32 @@ async def test_user_flow_mqtt_not_connected(
     _assert_translated(result, STRINGS["config"])
 
 
-async def test_user_flow_already_configured(
+async def test_user_flow_same_command_topic_is_a_field_error(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock
 ) -> None:
-    MockConfigEntry(domain=DOMAIN, data=ENTRY_DATA, unique_id=COMMAND_BASE).add_to_hass(
-        hass
-    )
+    MockConfigEntry(
+        domain=DOMAIN, title="Home", data=ENTRY_DATA, unique_id=COMMAND_BASE
+    ).add_to_hass(hass)
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_USER}
     )
-    # Same command topic base, different ack topic: still the same fleet.
+    # Same command topic base, every other topic moved: still the same fleet's
+    # command topic, refused on its field (not an abort with a Close button).
+    moved = {
+        key: f"fleet/{topic}"
+        for key, topic in DEFAULT_TOPICS.items()
+        if key != CONF_COMMAND_TOPIC
+    }
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], _user_input(ack_topic="fleet/{vehicle_id}/ack")
+        result["flow_id"], _user_input(**moved)
     )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "already_configured"
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_COMMAND_TOPIC: "command_topic_overlaps"}
+    assert result["description_placeholders"]["command_other_fleet"] == "Home"
+    assert (
+        result["description_placeholders"]["command_other_topic"]
+        == (DEFAULT_TOPICS[CONF_COMMAND_TOPIC])
+    )
     _assert_translated(result, STRINGS["config"])
 
 
@@ -521,22 +537,25 @@ async def test_reconfigure_keeps_command_topic(
     assert entry.data[CONF_STATE_TOPIC] == "fleet/state/{vehicle_id}"
 
 
-async def test_reconfigure_command_topic_in_use(
+async def test_reconfigure_command_topic_of_another_fleet(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock
 ) -> None:
     entry = await _create_entry(hass)
     MockConfigEntry(
         domain=DOMAIN,
-        data={**ENTRY_DATA, CONF_COMMAND_TOPIC: "other/{vehicle_id}/cmd"},
-        unique_id="other/+/cmd",
+        title="Other",
+        data={key: f"other/{topic}" for key, topic in DEFAULT_TOPICS.items()},
+        unique_id="other/vehicle/+/command",
     ).add_to_hass(hass)
 
     result = await entry.start_reconfigure_flow(hass)
     result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], _user_input(command_topic="other/{vehicle_id}/cmd")
+        result["flow_id"],
+        _user_input(command_topic="other/vehicle/{vehicle_id}/command"),
     )
     assert result["type"] is FlowResultType.FORM
-    assert result["errors"] == {CONF_COMMAND_TOPIC: "command_topic_in_use"}
+    assert result["errors"] == {CONF_COMMAND_TOPIC: "command_topic_overlaps"}
+    assert result["description_placeholders"]["command_other_fleet"] == "Other"
     _assert_translated(result, STRINGS["config"])
 
     result = await hass.config_entries.flow.async_configure(

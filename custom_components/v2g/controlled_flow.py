@@ -23,6 +23,7 @@ from homeassistant.config_entries import (
 )
 from homeassistant.const import ATTR_UNIT_OF_MEASUREMENT, PERCENTAGE
 
+from .collisions import vehicle_id_conflict
 from .const import (
     CONF_BATTERY_KWH,
     CONF_CONFIRMATION,
@@ -45,12 +46,19 @@ from .const import (
     CONFIRM_POWER,
     CONTROL_UNITS,
     DEFAULT_VEHICLE_MAX_POWER_KW,
-    MAX_VEHICLE_BATTERY_KWH,
     MAX_VEHICLE_POWER_KW,
 )
 from .controlled_forms import (
+    BATTERY_RANGE,
+    CHARGE_RANGE,
+    DISCHARGE_RANGE,
+    IDLE_VALUE_RANGE,
     OPTIONAL_ENTITIES,
+    PHASES_RANGE,
     POWER_UNITS,
+    TARGET_SOC_RANGE,
+    TOLERANCE_RANGE,
+    VOLTAGE_RANGE,
     control_schema,
     settings_schema,
 )
@@ -182,13 +190,17 @@ class ControlledVehicleFlowHandler(ConfigSubentryFlow):
             CONF_CONTROL_ENTITY: user_input.get(CONF_CONTROL_ENTITY) or None,
             CONF_CONTROL_ACTION: user_input.get(CONF_CONTROL_ACTION) or None,
             CONF_CONTROL_UNIT: str(user_input[CONF_CONTROL_UNIT]),
-            CONF_VOLTAGE: float(user_input[CONF_VOLTAGE]),
-            CONF_PHASES: int(user_input[CONF_PHASES]),
+            CONF_VOLTAGE: VOLTAGE_RANGE.check(user_input[CONF_VOLTAGE]),
+            CONF_PHASES: _whole(PHASES_RANGE.check(user_input[CONF_PHASES])),
             CONF_SIGN: str(user_input[CONF_SIGN]),
         }
         errors: dict[str, str] = {}
         if (code := self._id_error(vehicle_id, editing)) is not None:
             errors[CONF_VEHICLE_ID] = code
+        if data[CONF_VOLTAGE] is None:
+            errors[CONF_VOLTAGE] = "invalid_voltage"
+        if data[CONF_PHASES] is None:
+            errors[CONF_PHASES] = "invalid_phases"
         entity_id, action = data[CONF_CONTROL_ENTITY], data[CONF_CONTROL_ACTION]
         if entity_id and action:
             errors["base"] = "control_conflict"
@@ -204,40 +216,47 @@ class ControlledVehicleFlowHandler(ConfigSubentryFlow):
         return data, errors
 
     def _id_error(self, vehicle_id: str, editing: ConfigSubentry | None) -> str | None:
-        """Why the id cannot be used (another vehicle of any kind has it)."""
-        if (code := vehicle_id_error(vehicle_id)) is not None:
-            return code
-        if any(
-            subentry.data.get(CONF_VEHICLE_ID) == vehicle_id
-            for subentry_id, subentry in self._get_entry().subentries.items()
-            if editing is None or subentry_id != editing.subentry_id
-        ):
-            return "vehicle_exists"
-        return None
+        """Why the id cannot be used: another vehicle of any kind, or discovered."""
+        return vehicle_id_error(vehicle_id) or vehicle_id_conflict(
+            self._get_entry(),
+            vehicle_id,
+            editing_subentry_id=None if editing is None else editing.subentry_id,
+        )
 
     def _validate_settings(
         self, user_input: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, str]]:
+        target_soc = user_input.get(CONF_TARGET_SOC)
         data: dict[str, Any] = {
-            CONF_MAX_DISCHARGE: float(user_input[CONF_MAX_DISCHARGE]),
-            CONF_MAX_CHARGE: float(user_input[CONF_MAX_CHARGE]),
-            CONF_BATTERY_KWH: float(user_input[CONF_BATTERY_KWH]),
+            CONF_MAX_DISCHARGE: DISCHARGE_RANGE.check(user_input[CONF_MAX_DISCHARGE]),
+            CONF_MAX_CHARGE: CHARGE_RANGE.check(user_input[CONF_MAX_CHARGE]),
+            CONF_BATTERY_KWH: BATTERY_RANGE.check(user_input[CONF_BATTERY_KWH]),
             **{key: user_input.get(key) or None for key in OPTIONAL_ENTITIES},
             CONF_POWER_SIGN: str(user_input[CONF_POWER_SIGN]),
             CONF_TARGET_SOC: None
-            if user_input.get(CONF_TARGET_SOC) is None
-            else float(user_input[CONF_TARGET_SOC]),
+            if target_soc is None
+            else TARGET_SOC_RANGE.check(target_soc),
             CONF_CONFIRMATION: str(user_input[CONF_CONFIRMATION]),
-            CONF_TOLERANCE: float(user_input[CONF_TOLERANCE]),
+            CONF_TOLERANCE: TOLERANCE_RANGE.check(user_input[CONF_TOLERANCE]),
             CONF_IDLE_MODE: str(user_input[CONF_IDLE_MODE]),
-            CONF_IDLE_VALUE: float(user_input[CONF_IDLE_VALUE]),
+            CONF_IDLE_VALUE: IDLE_VALUE_RANGE.check(user_input[CONF_IDLE_VALUE]),
         }
-        errors: dict[str, str] = {}
-        discharge, charge = data[CONF_MAX_DISCHARGE], data[CONF_MAX_CHARGE]
-        if discharge == charge == 0:
+        # Every field out of its range, at once.
+        errors: dict[str, str] = {
+            key: code
+            for key, code in (
+                (CONF_MAX_DISCHARGE, "invalid_max_discharge"),
+                (CONF_MAX_CHARGE, "invalid_max_charge"),
+                (CONF_BATTERY_KWH, "invalid_battery"),
+                (CONF_TOLERANCE, "invalid_tolerance"),
+                (CONF_IDLE_VALUE, "invalid_idle_value"),
+            )
+            if data[key] is None
+        }
+        if target_soc is not None and data[CONF_TARGET_SOC] is None:
+            errors[CONF_TARGET_SOC] = "invalid_target_soc"
+        if data[CONF_MAX_DISCHARGE] == data[CONF_MAX_CHARGE] == 0:
             errors[CONF_MAX_CHARGE] = "invalid_limits"
-        if not 0 < data[CONF_BATTERY_KWH] <= MAX_VEHICLE_BATTERY_KWH:
-            errors[CONF_BATTERY_KWH] = "invalid_battery"
         power_entity = data[CONF_POWER_ENTITY]
         if data[CONF_CONFIRMATION] == CONFIRM_POWER and not power_entity:
             errors[CONF_POWER_ENTITY] = "power_entity_required"
@@ -264,6 +283,11 @@ def _has_unit(
         return missing_ok
     unit = state.attributes.get(ATTR_UNIT_OF_MEASUREMENT)
     return unit in units or (unit is None and missing_ok)
+
+
+def _whole(value: float | None) -> int | None:
+    """Return a whole number as an int, or None (not a number, or a fraction)."""
+    return None if value is None or not value.is_integer() else int(value)
 
 
 def _present(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Entity pickers are filtered to what fits each field: numbers for the control,
 scripts for an action, battery / plug / power / timestamp device classes for
-the measurements.
+the measurements. Number ranges are shown by the selectors and checked by the
+flow's steps (form_fields.py), which report every field's error at once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from homeassistant.helpers.selector import (
     EntityFilterSelectorConfig,
     EntitySelector,
     EntitySelectorConfig,
-    NumberSelector,
-    NumberSelectorConfig,
-    NumberSelectorMode,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -61,6 +59,7 @@ from .const import (
     SIGN_POSITIVE_CHARGING,
     UNIT_A,
 )
+from .form_fields import NumberRange
 
 OPTIONAL_ENTITIES = (
     CONF_SOC_ENTITY,
@@ -73,16 +72,16 @@ MAX_VOLTAGE = 1000.0
 MAX_PHASES = 3
 
 
-def _number(minimum: float, maximum: float, step: float, unit: str) -> NumberSelector:
-    return NumberSelector(
-        NumberSelectorConfig(
-            min=minimum,
-            max=maximum,
-            step=step,
-            mode=NumberSelectorMode.BOX,
-            unit_of_measurement=unit,
-        )
-    )
+# The ranges of the number fields: the forms show them, the flow's steps check them.
+VOLTAGE_RANGE = NumberRange(1, MAX_VOLTAGE, 1, "V")
+PHASES_RANGE = NumberRange(1, MAX_PHASES, 1)
+DISCHARGE_RANGE = NumberRange(0, MAX_VEHICLE_POWER_KW, 0.01, "kW")
+CHARGE_RANGE = NumberRange(0, MAX_VEHICLE_POWER_KW, 0.01, "kW")
+BATTERY_RANGE = NumberRange(0, MAX_VEHICLE_BATTERY_KWH, 0.1, "kWh", above_minimum=True)
+TARGET_SOC_RANGE = NumberRange(0, 100, 1, PERCENTAGE)
+TOLERANCE_RANGE = NumberRange(0.001, MAX_VEHICLE_POWER_KW, 0.001, "kW")
+# In the control's own unit and sign: any finite number.
+IDLE_VALUE_RANGE = NumberRange(None, None)
 
 
 def _select(options: tuple[str, ...], translation_key: str) -> SelectSelector:
@@ -118,14 +117,10 @@ def control_schema(*, vehicle_id: str | None) -> vol.Schema:
             vol.Required(CONF_CONTROL_UNIT, default=UNIT_A): _select(
                 CONTROL_UNITS, CONF_CONTROL_UNIT
             ),
-            vol.Required(CONF_VOLTAGE, default=DEFAULT_VOLTAGE): _number(
-                1, MAX_VOLTAGE, 1, "V"
-            ),
-            vol.Required(CONF_PHASES, default=DEFAULT_PHASES): NumberSelector(
-                NumberSelectorConfig(
-                    min=1, max=MAX_PHASES, step=1, mode=NumberSelectorMode.BOX
-                )
-            ),
+            vol.Required(
+                CONF_VOLTAGE, default=DEFAULT_VOLTAGE
+            ): VOLTAGE_RANGE.selector(),
+            vol.Required(CONF_PHASES, default=DEFAULT_PHASES): PHASES_RANGE.selector(),
             vol.Required(CONF_SIGN, default=SIGN_POSITIVE_CHARGING): _select(
                 SIGN_CONVENTIONS, CONF_SIGN
             ),
@@ -137,15 +132,13 @@ def settings_schema(discharge_kw: float, charge_kw: float) -> vol.Schema:
     """The settings form, limits defaulting to what the control allows."""
     return vol.Schema(
         {
-            vol.Required(CONF_MAX_DISCHARGE, default=discharge_kw): _number(
-                0, MAX_VEHICLE_POWER_KW, 0.01, "kW"
-            ),
-            vol.Required(CONF_MAX_CHARGE, default=charge_kw): _number(
-                0, MAX_VEHICLE_POWER_KW, 0.01, "kW"
-            ),
+            vol.Required(
+                CONF_MAX_DISCHARGE, default=discharge_kw
+            ): DISCHARGE_RANGE.selector(),
+            vol.Required(CONF_MAX_CHARGE, default=charge_kw): CHARGE_RANGE.selector(),
             vol.Required(
                 CONF_BATTERY_KWH, default=DEFAULT_VEHICLE_BATTERY_KWH
-            ): _number(0, MAX_VEHICLE_BATTERY_KWH, 0.1, "kWh"),
+            ): BATTERY_RANGE.selector(),
             vol.Optional(CONF_SOC_ENTITY): _entities(
                 {"domain": "sensor", "device_class": "battery"},
                 {"domain": ["number", "input_number"]},
@@ -164,18 +157,18 @@ def settings_schema(discharge_kw: float, charge_kw: float) -> vol.Schema:
                 {"domain": "input_datetime"},
                 {"domain": "sensor", "device_class": "timestamp"},
             ),
-            vol.Optional(CONF_TARGET_SOC): _number(0, 100, 1, PERCENTAGE),
+            vol.Optional(CONF_TARGET_SOC): TARGET_SOC_RANGE.selector(),
             vol.Required(CONF_CONFIRMATION, default=CONFIRM_CONTROL): _select(
                 CONFIRMATION_SOURCES, CONF_CONFIRMATION
             ),
-            vol.Required(CONF_TOLERANCE, default=DEFAULT_TOLERANCE_KW): _number(
-                0.001, MAX_VEHICLE_POWER_KW, 0.001, "kW"
-            ),
+            vol.Required(
+                CONF_TOLERANCE, default=DEFAULT_TOLERANCE_KW
+            ): TOLERANCE_RANGE.selector(),
             vol.Required(CONF_IDLE_MODE, default=IDLE_FIXED): _select(
                 IDLE_MODES, CONF_IDLE_MODE
             ),
-            vol.Required(CONF_IDLE_VALUE, default=DEFAULT_IDLE_VALUE): NumberSelector(
-                NumberSelectorConfig(mode=NumberSelectorMode.BOX, step="any")
-            ),
+            vol.Required(
+                CONF_IDLE_VALUE, default=DEFAULT_IDLE_VALUE
+            ): IDLE_VALUE_RANGE.selector(),
         }
     )

@@ -3,12 +3,14 @@
 ``OptionsFlowWithReload`` (no update listener): dispatch, safety, prediction,
 telemetry, reporting and delivery verification settings, shown in sections but
 stored flat in ``entry.options`` (see :func:`.options.default_options` and
-docs/options.md).
+docs/options.md). Number ranges are checked by the step, not the schema, so every
+problem is reported at once, in the integration's words, on its section, which
+opens (docs/options.md#form-errors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 from homeassistant.components import webhook
@@ -16,9 +18,6 @@ from homeassistant.config_entries import ConfigFlowResult, OptionsFlowWithReload
 from homeassistant.data_entry_flow import section
 from homeassistant.helpers.selector import (
     BooleanSelector,
-    NumberSelector,
-    NumberSelectorConfig,
-    NumberSelectorMode,
     Selector,
     SelectSelector,
     SelectSelectorConfig,
@@ -60,22 +59,8 @@ from .const import (
     TELEMETRY_MODES,
     TELEMETRY_PUSH,
 )
+from .form_fields import FormSchema, NumberRange, form_schema
 from .options import default_options, effective_options
-
-# A form schema as Home Assistant's flow helpers (``section``,
-# ``add_suggested_values_to_schema``) take it. Typed ``Any`` on purpose: Home
-# Assistant 2026.11 validates with probatio, installed under the ``voluptuous``
-# name, and types these helpers with probatio's ``Schema``, while mypy sees the real
-# voluptuous package that is installed beside it; 2026.2 types them with
-# voluptuous's. No class names both. At run time ``vol.Schema`` is the class Home
-# Assistant validates with on every version.
-type FormSchema = Any
-
-
-def form_schema(fields: Mapping[Any, Any]) -> FormSchema:
-    """Return the form schema of ``fields`` (markers to selectors or sections)."""
-    return vol.Schema(fields)
-
 
 # Option keys of the per-signal strategies, in signal order (strategy_FCR, ...).
 STRATEGY_KEYS: Final = tuple(
@@ -139,18 +124,6 @@ def format_prediction_profile(values: list[float]) -> str:
     return ",".join(f"{value:g}" for value in values)
 
 
-def number_selector(
-    minimum: float, maximum: float | None, step: float, unit: str
-) -> NumberSelector:
-    """Return a box number selector (no maximum when ``maximum`` is None)."""
-    config = NumberSelectorConfig(
-        min=minimum, step=step, mode=NumberSelectorMode.BOX, unit_of_measurement=unit
-    )
-    if maximum is not None:
-        config["max"] = maximum
-    return NumberSelector(config)
-
-
 def _select(options: tuple[str, ...], translation_key: str) -> SelectSelector:
     """Return a translated dropdown selector."""
     return SelectSelector(
@@ -162,45 +135,61 @@ def _select(options: tuple[str, ...], translation_key: str) -> SelectSelector:
     )
 
 
+# The range of every number option: the form shows it, the step checks it.
+OPTION_RANGES: Final[dict[str, NumberRange]] = {
+    CONF_ACK_TIMEOUT: NumberRange(0.5, 120, 0.1, "s"),
+    CONF_MIN_SOC: NumberRange(0, 100, 1, "%"),
+    CONF_SAFE_DISCHARGE_FLOOR: NumberRange(0, 100, 1, "%"),
+    CONF_PREDICTION_LOOKBACK_DAYS: NumberRange(1, 365, 1, "d"),
+    CONF_POLL_INTERVAL: NumberRange(1, 3600, 1, "s"),
+    CONF_STALE_TIMEOUT: NumberRange(10, 86400, 1, "s"),
+    CONF_EMISSION_FACTOR: NumberRange(0, None, 1, "g/kWh"),
+    CONF_ACK_RATE_SLA: NumberRange(0, 100, 1, "%"),
+    CONF_NOT_FOLLOWING_GRACE: NumberRange(0, 3600, 1, "s"),
+    CONF_VERIFY_WINDOW: NumberRange(0, 600, 1, "s"),
+    CONF_DELIVERY_TOLERANCE_PCT: NumberRange(0, 100, 1, "%"),
+    CONF_DELIVERY_TOLERANCE_KW: NumberRange(0, 1000, 0.1, "kW"),
+}
+_SECTION_OF: Final = {
+    key: name for name, keys in OPTION_SECTIONS.items() for key in keys
+}
+
+
 def _option_selectors() -> dict[str, Selector[Any]]:
     """Return the selector of every option key."""
     selectors: dict[str, Selector[Any]] = {
         key: _select(STRATEGIES, "strategy") for key in STRATEGY_KEYS
     }
     selectors.update(
+        {key: number_range.selector() for key, number_range in OPTION_RANGES.items()}
+    )
+    selectors.update(
         {
             CONF_FALLBACK: _select(FALLBACK_MODES, "fallback"),
-            CONF_ACK_TIMEOUT: number_selector(0.5, 120, 0.1, "s"),
             CONF_QOS: _select(tuple(str(qos) for qos in QOS_LEVELS), "qos"),
-            CONF_MIN_SOC: number_selector(0, 100, 1, "%"),
-            CONF_SAFE_DISCHARGE_FLOOR: number_selector(0, 100, 1, "%"),
             CONF_SOC_CONSTRAINTS: BooleanSelector(),
             CONF_RELEASE_AT_END: BooleanSelector(),
             CONF_PREDICTION: _select(PREDICTION_MODES, "prediction"),
             CONF_PREDICTION_PROFILE: TextSelector(
                 TextSelectorConfig(autocomplete="off")
             ),
-            CONF_PREDICTION_LOOKBACK_DAYS: number_selector(1, 365, 1, "d"),
             CONF_TELEMETRY_MODE: _select(TELEMETRY_MODES, "telemetry_mode"),
-            CONF_POLL_INTERVAL: number_selector(1, 3600, 1, "s"),
-            CONF_STALE_TIMEOUT: number_selector(10, 86400, 1, "s"),
-            CONF_EMISSION_FACTOR: number_selector(0, None, 1, "g/kWh"),
-            CONF_ACK_RATE_SLA: number_selector(0, 100, 1, "%"),
-            CONF_NOT_FOLLOWING_GRACE: number_selector(0, 3600, 1, "s"),
             CONF_WEBHOOK_ENABLED: BooleanSelector(),
-            CONF_VERIFY_WINDOW: number_selector(0, 600, 1, "s"),
-            CONF_DELIVERY_TOLERANCE_PCT: number_selector(0, 100, 1, "%"),
-            CONF_DELIVERY_TOLERANCE_KW: number_selector(0, 1000, 0.1, "kW"),
         }
     )
     return selectors
 
 
-def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> FormSchema:
+def _options_schema(
+    current: Mapping[str, Any],
+    webhook_path: str | None,
+    open_sections: Collection[str] = (),
+) -> FormSchema:
     """Return the options schema; defaults are the current (flat) options.
 
     ``webhook_path`` (where external systems POST signals) is shown read only in
-    the reporting section when there is one.
+    the reporting section when there is one. The dispatch section and the
+    ``open_sections`` (those with an error) are shown open.
     """
     selectors = _option_selectors()
     sections: dict[str, dict[vol.Marker, Any]] = {
@@ -224,7 +213,8 @@ def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> For
     return form_schema(
         {
             vol.Required(name): section(
-                form_schema(fields), {"collapsed": name != SECTION_DISPATCH}
+                form_schema(fields),
+                {"collapsed": name != SECTION_DISPATCH and name not in open_sections},
             )
             for name, fields in sections.items()
         }
@@ -234,44 +224,47 @@ def _options_schema(current: Mapping[str, Any], webhook_path: str | None) -> For
 def _validate_options(
     user_input: Mapping[str, Any],
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Flatten and type the options form input; return (options, errors)."""
+    """Flatten, check and type the options form input; return (options, errors).
+
+    Every problem is found at once. Errors are keyed by section (a field inside a
+    section cannot show one): the problem's own code (``invalid_min_soc``, ...) when
+    the section has one, ``invalid_<section>`` (its every rule) when it has several.
+    """
     flat: dict[str, Any] = {}
     for name in OPTION_SECTIONS:
         flat.update(user_input[name])
     options = {key: flat[key] for key in default_options()}
-    errors: dict[str, str] = {}
-    for key in (
-        CONF_ACK_TIMEOUT,
-        CONF_MIN_SOC,
-        CONF_SAFE_DISCHARGE_FLOOR,
-        CONF_POLL_INTERVAL,
-        CONF_STALE_TIMEOUT,
-        CONF_EMISSION_FACTOR,
-        CONF_ACK_RATE_SLA,
-        CONF_VERIFY_WINDOW,
-        CONF_DELIVERY_TOLERANCE_PCT,
-        CONF_DELIVERY_TOLERANCE_KW,
-        CONF_NOT_FOLLOWING_GRACE,
-    ):
-        options[key] = float(options[key])
+    problems: dict[str, list[str]] = {name: [] for name in OPTION_SECTIONS}
+    for key, number_range in OPTION_RANGES.items():
+        if (value := number_range.check(options[key])) is None:
+            problems[_SECTION_OF[key]].append(f"invalid_{key}")
+        else:
+            options[key] = value
     options[CONF_QOS] = int(options[CONF_QOS])
-    options[CONF_PREDICTION_LOOKBACK_DAYS] = round(
-        float(options[CONF_PREDICTION_LOOKBACK_DAYS])
-    )
+    if not problems[SECTION_PREDICTION]:
+        options[CONF_PREDICTION_LOOKBACK_DAYS] = round(
+            options[CONF_PREDICTION_LOOKBACK_DAYS]
+        )
     options[CONF_SOC_CONSTRAINTS] = bool(options[CONF_SOC_CONSTRAINTS])
     options[CONF_RELEASE_AT_END] = bool(options[CONF_RELEASE_AT_END])
     options[CONF_WEBHOOK_ENABLED] = bool(options[CONF_WEBHOOK_ENABLED])
     try:
         profile = parse_prediction_profile(str(options[CONF_PREDICTION_PROFILE]))
     except ValueError:
-        errors[SECTION_PREDICTION] = "invalid_profile"
+        problems[SECTION_PREDICTION].append("invalid_profile")
     else:
         options[CONF_PREDICTION_PROFILE] = format_prediction_profile(profile)
     if (
-        options[CONF_TELEMETRY_MODE] != TELEMETRY_PUSH
+        not problems[SECTION_TELEMETRY]
+        and options[CONF_TELEMETRY_MODE] != TELEMETRY_PUSH
         and options[CONF_STALE_TIMEOUT] <= options[CONF_POLL_INTERVAL]
     ):
-        errors[SECTION_TELEMETRY] = "stale_timeout_too_short"
+        problems[SECTION_TELEMETRY].append("stale_timeout_too_short")
+    errors = {
+        name: codes[0] if len(codes) == 1 else f"invalid_{name}"
+        for name, codes in problems.items()
+        if codes
+    }
     return options, errors
 
 
@@ -305,7 +298,7 @@ class V2GOptionsFlow(OptionsFlowWithReload):
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
-                _options_schema(current, webhook_path), user_input
+                _options_schema(current, webhook_path, errors), user_input
             ),
             errors=errors,
         )

@@ -1,4 +1,9 @@
-"""Vehicle subentry flow for V2G Fleet Dispatch: vehicles added or edited by hand."""
+"""Vehicle subentry flow for V2G Fleet Dispatch: vehicles added or edited by hand.
+
+An id the fleet already has (another subentry, or a vehicle it discovered over
+MQTT) is refused (collisions.py); ranges are checked by the step, every field's
+error at once (form_fields.py).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from homeassistant.helpers.selector import (
 )
 import voluptuous as vol
 
+from .collisions import vehicle_id_conflict
 from .const import (
     CONF_BATTERY_KWH,
     CONF_IS_V2G,
@@ -32,8 +38,11 @@ from .const import (
     MAX_VEHICLE_BATTERY_KWH,
     MAX_VEHICLE_POWER_KW,
 )
-from .options_flow import FormSchema, form_schema, number_selector
+from .form_fields import FormSchema, NumberRange, form_schema
 from .topics import vehicle_id_error
+
+MAX_POWER_RANGE = NumberRange(0, MAX_VEHICLE_POWER_KW, 0.1, "kW", above_minimum=True)
+BATTERY_RANGE = NumberRange(0, MAX_VEHICLE_BATTERY_KWH, 0.1, "kWh", above_minimum=True)
 
 
 def _vehicle_schema(*, vehicle_id: str | None) -> FormSchema:
@@ -50,10 +59,10 @@ def _vehicle_schema(*, vehicle_id: str | None) -> FormSchema:
             ),
             vol.Required(
                 CONF_MAX_POWER, default=DEFAULT_VEHICLE_MAX_POWER_KW
-            ): number_selector(0, MAX_VEHICLE_POWER_KW, 0.1, "kW"),
+            ): MAX_POWER_RANGE.selector(),
             vol.Required(
                 CONF_BATTERY_KWH, default=DEFAULT_VEHICLE_BATTERY_KWH
-            ): number_selector(0, MAX_VEHICLE_BATTERY_KWH, 0.1, "kWh"),
+            ): BATTERY_RANGE.selector(),
             vol.Required(
                 CONF_IS_V2G, default=DEFAULT_VEHICLE_IS_V2G
             ): BooleanSelector(),
@@ -80,26 +89,29 @@ class VehicleSubentryFlowHandler(ConfigSubentryFlow):
         ``editing`` is the subentry being reconfigured (None when adding one).
         """
         vehicle_id = str(user_input[CONF_VEHICLE_ID]).strip()
+        max_power = MAX_POWER_RANGE.check(user_input[CONF_MAX_POWER])
+        battery = BATTERY_RANGE.check(user_input[CONF_BATTERY_KWH])
         data: dict[str, Any] = {
             CONF_VEHICLE_ID: vehicle_id,
-            CONF_MAX_POWER: float(user_input[CONF_MAX_POWER]),
-            CONF_BATTERY_KWH: float(user_input[CONF_BATTERY_KWH]),
+            CONF_MAX_POWER: max_power,
+            CONF_BATTERY_KWH: battery,
             CONF_IS_V2G: bool(user_input[CONF_IS_V2G]),
             CONF_SOC_ENTITY: user_input.get(CONF_SOC_ENTITY) or None,
             CONF_PLUGGED_ENTITY: user_input.get(CONF_PLUGGED_ENTITY) or None,
         }
         errors: dict[str, str] = {}
-        if (code := vehicle_id_error(vehicle_id)) is not None:
+        if (
+            code := vehicle_id_error(vehicle_id)
+            or vehicle_id_conflict(
+                self._get_entry(),
+                vehicle_id,
+                editing_subentry_id=None if editing is None else editing.subentry_id,
+            )
+        ) is not None:
             errors[CONF_VEHICLE_ID] = code
-        elif any(
-            subentry.data.get(CONF_VEHICLE_ID) == vehicle_id
-            for subentry_id, subentry in self._get_entry().subentries.items()
-            if editing is None or subentry_id != editing.subentry_id
-        ):
-            errors[CONF_VEHICLE_ID] = "vehicle_exists"
-        if not 0 < data[CONF_MAX_POWER] <= MAX_VEHICLE_POWER_KW:
+        if max_power is None:
             errors[CONF_MAX_POWER] = "invalid_max_power"
-        if not 0 < data[CONF_BATTERY_KWH] <= MAX_VEHICLE_BATTERY_KWH:
+        if battery is None:
             errors[CONF_BATTERY_KWH] = "invalid_battery"
         return data, errors
 
