@@ -10,7 +10,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.v2g.const import SUBENTRY_TYPE_CONTROLLED
+from custom_components.v2g.const import DOMAIN, SUBENTRY_TYPE_CONTROLLED
+
+from .helpers import ENTRY_ID
 
 
 async def async_add_controlled_vehicle(
@@ -39,3 +41,25 @@ async def async_add_controlled_vehicle(
         for subentry_id, subentry in entry.subentries.items()
         if subentry.unique_id == control["vehicle_id"]
     )
+
+
+async def async_dispatch_afrr(
+    hass: HomeAssistant, power_kw: float, minutes: float = 15, **data: Any
+) -> dict[str, Any]:
+    """Dispatch aFRR to the fleet; return the response once entities are written."""
+    response = await hass.services.async_call(
+        DOMAIN,
+        "dispatch",
+        {
+            "config_entry_id": ENTRY_ID,
+            "signal_type": "aFRR",
+            "power_kw": power_kw,
+            "duration": {"seconds": minutes * 60},
+            **data,
+        },
+        blocking=True,
+        return_response=True,
+    )
+    assert isinstance(response, dict)
+    await hass.async_block_till_done()
+    return response

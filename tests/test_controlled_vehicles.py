@@ -32,7 +32,7 @@ from pytest_homeassistant_custom_component.typing import (
 
 from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
 
-from .controlled_helpers import async_add_controlled_vehicle
+from .controlled_helpers import async_add_controlled_vehicle, async_dispatch_afrr
 from .helpers import (
     ENTRY_ID,
     FleetResponder,
@@ -74,27 +74,6 @@ async def _fleet(hass: HomeAssistant, ack_timeout: float = 2.0) -> MockConfigEnt
     return await async_setup_fleet(hass, options={CONF_ACK_TIMEOUT: ack_timeout})
 
 
-async def _dispatch(
-    hass: HomeAssistant, power_kw: float, minutes: float = 15, **data: Any
-) -> dict[str, Any]:
-    response = await hass.services.async_call(
-        DOMAIN,
-        "dispatch",
-        {
-            "config_entry_id": ENTRY_ID,
-            "signal_type": "aFRR",
-            "power_kw": power_kw,
-            "duration": {"seconds": minutes * 60},
-            **data,
-        },
-        blocking=True,
-        return_response=True,
-    )
-    assert isinstance(response, dict)
-    await hass.async_block_till_done()
-    return response
-
-
 def _value(hass: HomeAssistant, entity_id: str = CHARGER) -> float:
     return float(hass.states.get(entity_id).state)
 
@@ -115,7 +94,7 @@ async def test_current_control_in_both_directions(
     entry = await _fleet(hass)
     await async_add_controlled_vehicle(hass, entry, QUASAR)
 
-    discharge = await _dispatch(hass, 7)
+    discharge = await async_dispatch_afrr(hass, 7)
     # 7000 W / 230 V = 30.4 A, step 1 A; positive = charging: -30 A discharges.
     assert _value(hass) == -30
     order = discharge["vehicles"]["quasar"]
@@ -125,7 +104,7 @@ async def test_current_control_in_both_directions(
     assert discharge["acknowledged_kw"] == 6.9  # what was actually set
     assert float(hass.states.get("sensor.quasar_setpoint").state) == 6.9
 
-    charge = await _dispatch(hass, -7)
+    charge = await async_dispatch_afrr(hass, -7)
     assert _value(hass) == 30
     assert charge["vehicles"]["quasar"]["status"] == "acknowledged"
     assert charge["acknowledged_kw"] == -6.9
@@ -187,7 +166,7 @@ async def test_units_signs_and_steps(
         hass, entry, {"vehicle_id": "car", "control_entity": CHARGER, **control}
     )
 
-    response = await _dispatch(hass, power_kw)
+    response = await async_dispatch_afrr(hass, power_kw)
 
     assert _value(hass) == expected_value
     assert response["vehicles"]["car"]["status"] == "acknowledged"
@@ -204,23 +183,23 @@ async def test_charge_only_control_is_v1g(
         hass, entry, {**QUASAR, "vehicle_id": "v1g"}, {"max_discharge_kw": 5}
     )
 
-    discharge = await _dispatch(hass, 3)
+    discharge = await async_dispatch_afrr(hass, 3)
     assert discharge["excluded"] == {"v1g": "not_v2g"}
     assert discharge["vehicles"] == {}
     assert _value(hass) == 6
 
     # 2000 W / 230 V = 8.7 A -> 8 A.
-    charge = await _dispatch(hass, -2)
+    charge = await async_dispatch_afrr(hass, -2)
     assert _value(hass) == 8
     assert charge["vehicles"]["v1g"]["status"] == "acknowledged"
     assert charge["acknowledged_kw"] == -1.84
 
     # Below the minimum current: held at the minimum (6 A).
-    await _dispatch(hass, -0.5)
+    await async_dispatch_afrr(hass, -0.5)
     assert _value(hass) == 6
 
     # More than the charger takes: its 16 A maximum (3.68 kW) is all it gets.
-    response = await _dispatch(hass, -10)
+    response = await async_dispatch_afrr(hass, -10)
     assert response["vehicles"]["v1g"]["power_kw"] == -3.68
     assert _value(hass) == 16
 
@@ -254,7 +233,7 @@ async def test_entity_that_never_follows_times_out(
         hass, entry, {**QUASAR, "control_entity": "number.stuck_charger"}
     )
 
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
 
     assert response["vehicles"]["quasar"]["status"] == "timeout"
     assert response["acknowledged_kw"] == 0
@@ -316,7 +295,7 @@ async def test_action_that_raises_is_rejected_with_its_reason(
         },
     )
 
-    response = await _dispatch(hass, 4)
+    response = await async_dispatch_afrr(hass, 4)
 
     assert calls == [4.0]
     order = response["vehicles"]["picky"]
@@ -379,7 +358,7 @@ async def test_script_control_and_concurrent_orders(
         {"max_discharge_kw": 3, "max_charge_kw": 3},
     )
 
-    response = await _dispatch(hass, 9, strategy="equal")
+    response = await async_dispatch_afrr(hass, 9, strategy="equal")
 
     vehicles = response["vehicles"]
     assert vehicles["hanging"]["status"] == "timeout"
@@ -425,7 +404,7 @@ async def test_power_sensor_confirms_and_unreadable_states_are_counted(
     )
 
     # The meter shows nothing usable: never confirmed, so the order is revoked.
-    response = await _dispatch(hass, 3)
+    response = await async_dispatch_afrr(hass, 3)
     assert response["vehicles"]["car"]["status"] == "timeout"
     assert response["revoked"]["car"]["status"] in {"pending", "timeout"}
     assert _value(hass) == 0
@@ -438,13 +417,13 @@ async def test_power_sensor_confirms_and_unreadable_states_are_counted(
             hass.states.async_set(power, str(float(state.state) * 0.97), attributes)
 
     unsub = async_track_state_change_event(hass, CHARGER, follow)
-    response = await _dispatch(hass, 4)
+    response = await async_dispatch_afrr(hass, 4)
     unsub()
     assert response["vehicles"]["car"]["status"] == "acknowledged"
     assert response["acknowledged_kw"] == 4.0  # the power set, not measured
 
     hass.states.async_set(power, "unavailable", attributes)
-    response = await _dispatch(hass, 2)
+    response = await async_dispatch_afrr(hass, 2)
     assert response["vehicles"]["car"]["status"] == "timeout"
     diagnostics = await async_diagnostics(hass, hass_client, entry)
     assert diagnostics["dropped_input"]["entity_state_unavailable"] >= 1
@@ -460,9 +439,9 @@ async def test_end_of_order_returns_to_idle_unless_a_newer_order_took_over(
     entry = await _fleet(hass)
     await async_add_controlled_vehicle(hass, entry, QUASAR)
 
-    await _dispatch(hass, 7, minutes=15)
+    await async_dispatch_afrr(hass, 7, minutes=15)
     assert _value(hass) == -30
-    await _dispatch(hass, -3, minutes=30)
+    await async_dispatch_afrr(hass, -3, minutes=30)
     assert _value(hass) == 13
 
     await _later(hass, 16)  # the first order's end: the second one holds
@@ -481,8 +460,8 @@ async def test_idle_value_can_be_the_value_before_the_first_order(
     entry = await _fleet(hass)
     await async_add_controlled_vehicle(hass, entry, QUASAR, {"idle_mode": "previous"})
 
-    await _dispatch(hass, 7)
-    await _dispatch(hass, 3)
+    await async_dispatch_afrr(hass, 7)
+    await async_dispatch_afrr(hass, 3)
     assert _value(hass) == -13
     await _later(hass, 16)
     assert _value(hass) == 10  # as before the first order
@@ -495,7 +474,7 @@ async def test_fixed_idle_value(
     entry = await _fleet(hass)
     await async_add_controlled_vehicle(hass, entry, QUASAR, {"idle_value": 6})
 
-    await _dispatch(hass, 7)
+    await async_dispatch_afrr(hass, 7)
     await _later(hass, 16)
     assert _value(hass) == 6
 
@@ -514,7 +493,7 @@ async def test_unload_and_vehicle_removal_return_to_idle(
         {**QUASAR, "vehicle_id": "second", "control_entity": "input_number.second"},
     )
 
-    await _dispatch(hass, 14, strategy="equal")
+    await async_dispatch_afrr(hass, 14, strategy="equal")
     assert _value(hass) == -30
     assert _value(hass, "input_number.second") == -30
 
@@ -550,8 +529,8 @@ async def _check_restart(
         entry,
         {**QUASAR, "vehicle_id": "second", "control_entity": "input_number.second"},
     )
-    await _dispatch(hass, 7, minutes=10, vehicles=["quasar"])
-    await _dispatch(hass, 7, minutes=30, vehicles=["second"])
+    await async_dispatch_afrr(hass, 7, minutes=10, vehicles=["quasar"])
+    await async_dispatch_afrr(hass, 7, minutes=30, vehicles=["second"])
     await asyncio.sleep(0)  # the held orders are written at once
     await hass.async_block_till_done()
     saved = copy.deepcopy(hass_storage[HELD_STORE])
@@ -607,14 +586,14 @@ async def test_missing_control_makes_the_vehicle_unavailable_with_a_repair_issue
         "entity_id": CHARGER,
         "vehicle_id": "quasar",
     }
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
     assert response["excluded"] == {"quasar": "unavailable"}
     assert _value(hass, "input_number.renamed") == 0
 
     entity_registry.async_update_entity("input_number.renamed", new_entity_id=CHARGER)
     await hass.async_block_till_done()
     assert issue_registry.async_get_issue(DOMAIN, issue_id) is None
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
     assert response["vehicles"]["quasar"]["status"] == "acknowledged"
 
 
@@ -636,7 +615,7 @@ async def test_control_no_longer_provided_raises_the_repair_issue(
         "entity_id": CHARGER,
         "vehicle_id": "quasar",
     }
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
     assert response["excluded"] == {"quasar": "unavailable"}
 
 
@@ -651,7 +630,7 @@ async def test_unavailable_control_is_not_ordered(
     hass.states.async_set("number.cloud_charger", "unavailable", {})
     await hass.async_block_till_done()
 
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
 
     assert response["excluded"] == {"quasar": "unavailable"}
 
@@ -671,7 +650,7 @@ async def test_one_dispatch_mixes_mqtt_gateway_and_controlled_vehicles(
     responder = FleetResponder(hass, fleet_mqtt)
 
     # 6.9 kW each: the controlled vehicle can take exactly that (30 A).
-    response = await _dispatch(hass, 20.7, strategy="equal")
+    response = await async_dispatch_afrr(hass, 20.7, strategy="equal")
 
     assert {vid: o["status"] for vid, o in response["vehicles"].items()} == {
         "mqtt-car": "acknowledged",
@@ -710,18 +689,18 @@ async def test_measurements_and_a_changed_control(
     )
 
     # 30 % now, 80 % needed in an hour: nothing to give.
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
     assert response["excluded"] == {"quasar": "departure_protected"}
     assert hass.states.get("sensor.quasar_state_of_charge").state == "30.0"
 
     hass.states.async_set("binary_sensor.car_plugged", "off")
     await hass.async_block_till_done()
-    response = await _dispatch(hass, -7)
+    response = await async_dispatch_afrr(hass, -7)
     assert response["excluded"] == {"quasar": "unavailable"}
 
     hass.states.async_set("binary_sensor.car_plugged", "on")
     await hass.async_block_till_done()
-    response = await _dispatch(hass, -7)
+    response = await async_dispatch_afrr(hass, -7)
     assert response["vehicles"]["quasar"]["status"] == "acknowledged"
     assert _value(hass) == 30
 
@@ -734,6 +713,6 @@ async def test_measurements_and_a_changed_control(
     )
     await hass.async_block_till_done()
     assert _value(hass) == 0
-    response = await _dispatch(hass, -7)
+    response = await async_dispatch_afrr(hass, -7)
     assert _value(hass, "input_number.second") == 30
     assert _value(hass) == 0

@@ -15,28 +15,10 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
+from custom_components.v2g.const import CONF_ACK_TIMEOUT
 
-from .controlled_helpers import async_add_controlled_vehicle
-from .helpers import ENTRY_ID, async_setup_fleet
-
-
-async def _dispatch(hass: HomeAssistant, power_kw: float) -> dict[str, Any]:
-    response = await hass.services.async_call(
-        DOMAIN,
-        "dispatch",
-        {
-            "config_entry_id": ENTRY_ID,
-            "signal_type": "aFRR",
-            "power_kw": power_kw,
-            "duration": {"minutes": 15},
-        },
-        blocking=True,
-        return_response=True,
-    )
-    assert isinstance(response, dict)
-    await hass.async_block_till_done()
-    return response
+from .controlled_helpers import async_add_controlled_vehicle, async_dispatch_afrr
+from .helpers import async_setup_fleet
 
 
 async def test_quasar_order_rounded_to_whole_amperes_is_partial(
@@ -71,7 +53,7 @@ async def test_quasar_order_rounded_to_whole_amperes_is_partial(
         },
     )
 
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
 
     assert hass.states.get("input_number.quasar_current").state == "-30.0"
     assert response["vehicles"]["quasar"]["status"] == "acknowledged"
@@ -144,13 +126,13 @@ async def test_template_number_in_watts_writes_a_signed_register(
     )
 
     # 3.33 kW discharge: -3300 W (100 W steps), written as 65536 - 3300.
-    response = await _dispatch(hass, 3.33)
+    response = await async_dispatch_afrr(hass, 3.33)
     assert registers == {40100: 62236}
     assert hass.states.get("number.charger_power_setpoint").state == "-3300.0"
     assert response["vehicles"]["modbus"]["status"] == "acknowledged"
     assert response["acknowledged_kw"] == 3.3
 
-    response = await _dispatch(hass, -2)
+    response = await async_dispatch_afrr(hass, -2)
     assert registers == {40100: 2000}
     assert response["acknowledged_kw"] == -2.0
 
@@ -215,7 +197,7 @@ async def test_script_gets_the_order_and_a_failing_action_rejects_it(
             {"max_discharge_kw": 3, "max_charge_kw": 3},
         )
 
-    response = await _dispatch(hass, 9)
+    response = await async_dispatch_afrr(hass, 9)
 
     assert calls == [
         {

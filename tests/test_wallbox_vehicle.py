@@ -32,10 +32,10 @@ from pytest_homeassistant_custom_component.common import (
 )
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 
-from custom_components.v2g.const import CONF_ACK_TIMEOUT, DOMAIN
+from custom_components.v2g.const import CONF_ACK_TIMEOUT
 
-from .controlled_helpers import async_add_controlled_vehicle
-from .helpers import ENTRY_ID, async_setup_fleet
+from .controlled_helpers import async_add_controlled_vehicle, async_dispatch_afrr
+from .helpers import async_setup_fleet
 
 STATION = "20000"
 NUMBER = "number.wallbox_quasar_maximum_charging_current"
@@ -114,24 +114,6 @@ async def _setup_wallbox(hass: HomeAssistant) -> None:
     await hass.async_block_till_done()
 
 
-async def _dispatch(hass: HomeAssistant, power_kw: float) -> dict[str, Any]:
-    response = await hass.services.async_call(
-        DOMAIN,
-        "dispatch",
-        {
-            "config_entry_id": ENTRY_ID,
-            "signal_type": "aFRR",
-            "power_kw": power_kw,
-            "duration": {"minutes": 15},
-        },
-        blocking=True,
-        return_response=True,
-    )
-    assert isinstance(response, dict)
-    await hass.async_block_till_done()
-    return response
-
-
 async def test_quasar_discharges_charges_and_returns_to_idle(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, quasar: FakeQuasar
 ) -> None:
@@ -156,7 +138,7 @@ async def test_quasar_discharges_charges_and_returns_to_idle(
     )
 
     # +7 kW: discharge. 7000 W / 230 V = 30.4 A, 1 A steps: -30 A.
-    response = await _dispatch(hass, 7)
+    response = await async_dispatch_afrr(hass, 7)
     assert quasar.client.setMaxChargingCurrent.call_args_list == [call(STATION, -30.0)]
     assert float(hass.states.get(NUMBER).state) == -30
     order = response["vehicles"]["quasar"]
@@ -165,7 +147,7 @@ async def test_quasar_discharges_charges_and_returns_to_idle(
     assert response["acknowledged_kw"] == 6.9
 
     # -7 kW: charge at +30 A.
-    response = await _dispatch(hass, -7)
+    response = await async_dispatch_afrr(hass, -7)
     assert quasar.client.setMaxChargingCurrent.call_args_list[-1] == call(STATION, 30.0)
     assert response["vehicles"]["quasar"]["status"] == "acknowledged"
     assert response["acknowledged_kw"] == -6.9
