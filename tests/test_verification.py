@@ -308,6 +308,7 @@ async def test_the_default_response_does_not_wait_for_the_verification(
         "strategy",
         "requested_kw",
         "assigned_kw",
+        "shortfall_kw",
         "acknowledged_kw",
         "ack_rate",
         "vehicles",
