@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import device_registry as dr
 import pytest
@@ -28,6 +30,19 @@ from .helpers import (
     find_device,
     flush_subscriptions,
 )
+
+
+def assert_rounded(data: Any, key: str = "") -> None:
+    """kW, kWh and ms to 3 decimals, other numbers to 4, at any depth."""
+    if isinstance(data, float):
+        decimals = 3 if key.endswith(("_kw", "_kwh", "_ms")) else 4
+        assert round(data, decimals) == data, (key, data)
+    elif isinstance(data, dict):
+        for name, item in data.items():
+            assert_rounded(item, name)
+    elif isinstance(data, list):
+        for item in data:
+            assert_rounded(item, key)
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
@@ -98,7 +113,9 @@ async def test_vehicle_device_diagnostics_hold_that_vehicle_only(
     device_registry: dr.DeviceRegistry,
 ) -> None:
     entry = await async_setup_fleet(hass)
-    await async_announce(hass, ("car-1", {}), ("car-2", {}))
+    # What a car reports is shown rounded, not with its float noise.
+    noisy = {"SoC": 0.6206423999999999, "MaxPower": 7.123456789}
+    await async_announce(hass, ("car-1", noisy), ("car-2", {}))
     FleetResponder(hass, fleet_mqtt)
     await async_dispatch(hass, signal_type="aFRR", power_kw=8, strategy="equal")
 
@@ -111,6 +128,12 @@ async def test_vehicle_device_diagnostics_hold_that_vehicle_only(
     [dispatched] = diagnostics["recent_dispatches"]
     assert dispatched["initial"]["status"] == "acknowledged"
     assert "car-2" not in str(diagnostics)
+    assert diagnostics["vehicle"]["soc"] == 0.6206
+    assert diagnostics["vehicle"]["max_power_kw"] == 7.123
+    assert_rounded(diagnostics)
+    fleet_file = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    assert fleet_file["fleet"]["sample"]["car-1"]["vehicle"]["soc"] == 0.6206
+    assert_rounded(fleet_file)
 
     fleet = find_device(device_registry, (DOMAIN, ENTRY_ID))
     assert fleet is not None

@@ -698,7 +698,8 @@ async def test_fuzz_subscribed_topic(
     # (extreme but valid values) included; the known ones are re-announced first.
     await async_announce(hass, *FLEET)
     responder.default = "ack"
-    for power in (-6.0, 25.0, 1e6):
+    # 1e5 kW: the largest request the action accepts (100 MW).
+    for power in (-6.0, 25.0, 1e5):
         response = await hass.services.async_call(
             DOMAIN,
             "dispatch",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
 import json
+import logging
 import math
 from pathlib import Path
 import re
@@ -12,8 +14,10 @@ from unittest.mock import patch
 
 from freezegun.api import FrozenDateTimeFactory
 from homeassistant.components import mqtt
-from homeassistant.core import HomeAssistant
+from homeassistant.components.logbook.const import LOGBOOK_ENTRY_MESSAGE
+from homeassistant.core import Event, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.dispatcher import async_dispatcher_send
 from homeassistant.helpers.service import async_get_all_descriptions
 from homeassistant.util import dt as dt_util
@@ -22,7 +26,10 @@ from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_capture_events,
 )
-from pytest_homeassistant_custom_component.typing import MqttMockHAClient
+from pytest_homeassistant_custom_component.typing import (
+    MqttMockHAClient,
+    WebSocketGenerator,
+)
 
 from custom_components.v2g.const import (
     CONF_ACK_TIMEOUT,
@@ -30,9 +37,16 @@ from custom_components.v2g.const import (
     DOMAIN,
     EVENT_DISPATCH_COMPLETED,
 )
+from custom_components.v2g.logbook import async_describe_events
 from custom_components.v2g.transport import SubscriptionGate
 
-from .helpers import ENTRY_ID, FleetResponder, async_announce, async_setup_fleet
+from .helpers import (
+    ENTRY_ID,
+    FleetResponder,
+    async_announce,
+    async_setup_fleet,
+    find_device,
+)
 
 STRINGS: dict[str, Any] = json.loads(
     (
@@ -311,36 +325,330 @@ async def test_dispatch_without_response_and_duration_forms(
     assert response["signal"]["type"] == "FCR"
 
 
+def _assert_names_the_field(
+    err: ServiceValidationError, key: str, service: str, field: str | None
+) -> str:
+    """The refusal is translated and names the field as the action form labels it."""
+    assert err.translation_domain == DOMAIN
+    assert err.translation_key == key
+    template = STRINGS["exceptions"][key]["message"]
+    assert set(re.findall(r"{(\w+)}", template)) == set(
+        err.translation_placeholders or {}
+    )
+    message = str(err)
+    assert message != key  # translated, not the bare key
+    if field is not None:
+        label = STRINGS["services"][service]["fields"][field]["name"]
+        assert message.startswith(label), message
+        if "_" in field:
+            assert field not in message, message  # no internal names
+    # Plain words: no interval notation such as "(0, 86400]".
+    assert not re.search(r"[(\[]\s*-?\d+\s*,\s*-?\d+\s*[)\]]", message), message
+    return message
+
+
 @pytest.mark.parametrize(
-    ("data", "key"),
+    ("data", "key", "field"),
     [
-        ({"power_kw": 5, "vehicles": ["v1", "ghost"]}, "unknown_vehicles"),
-        ({"power_kw": 5, "duration": {"days": 2}}, "invalid_duration"),
-        ({"power_kw": 5, "duration": {"seconds": 0}}, "invalid_duration"),
+        ({"power_kw": 200_000}, "power_out_of_range", "power_kw"),
+        ({"power_kw": -100_000.5}, "power_out_of_range", "power_kw"),
+        ({"power_kw": "nan"}, "invalid_power", "power_kw"),
+        ({"power_kw": "lots"}, "invalid_power", "power_kw"),
+        ({"power_kw": True}, "invalid_power", "power_kw"),
+        ({"power_kw": 5, "duration": {"days": 2}}, "invalid_duration", "duration"),
+        ({"power_kw": 5, "duration": {"seconds": 0}}, "invalid_duration", "duration"),
+        ({"power_kw": 5, "duration": "-00:05:00"}, "invalid_duration", "duration"),
+        ({"power_kw": 5, "duration": "soon"}, "invalid_duration_format", "duration"),
+        ({"power_kw": 5, "signal_type": "XYZ"}, "invalid_signal_type", "signal_type"),
+        ({"power_kw": 5, "strategy": "random"}, "invalid_strategy", "strategy"),
+        ({"power_kw": 5, "vehicles": ["v1", "ghost"]}, "unknown_vehicles", "vehicles"),
+        ({"power_kw": 5, "dry_run": "maybe"}, "invalid_field", "dry_run"),
+        ({"power_kw": 5, "verify": [1]}, "invalid_field", "verify"),
+        ({}, "missing_field", "power_kw"),
+        ({"power_kw": 5, "speed": 3}, "unknown_field", None),
+        (
+            {"power_kw": 5, "config_entry_id": "nope"},
+            "invalid_config_entry",
+            "config_entry_id",
+        ),
     ],
 )
-async def test_dispatch_bad_input(
-    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient, data: dict[str, Any], key: str
+async def test_dispatch_refusals_name_the_field(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    data: dict[str, Any],
+    key: str,
+    field: str | None,
 ) -> None:
+    """Each refusal of the Actions form says, in plain words, which field is wrong."""
     await _fleet(hass)
     responder = FleetResponder(hass, fleet_mqtt)
     with pytest.raises(ServiceValidationError) as err:
         await _dispatch(hass, **data)
-    assert err.value.translation_key == key
+    _assert_names_the_field(err.value, key, "dispatch", field)
     assert responder.command_publishes() == []
 
 
-async def test_dispatch_schema_rejects_bad_values(
+async def test_power_bound_message(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:
     await _fleet(hass)
-    for data in (
-        {"power_kw": 5, "signal_type": "XYZ"},
-        {"power_kw": "nan"},
-        {"power_kw": 5, "strategy": "random"},
+    with pytest.raises(ServiceValidationError) as err:
+        await _dispatch(hass, power_kw=200_000)
+    assert str(err.value) == (
+        "Power must be at most 100,000 kW either way (discharging or charging), "
+        "not 200000 kW"
+    )
+    with pytest.raises(ServiceValidationError) as err:
+        await _dispatch(hass, power_kw=5, duration={"hours": 25})
+    assert str(err.value) == (
+        "Duration must be more than 0 and at most 24 hours, not 90000 seconds"
+    )
+
+
+async def test_response_numbers_carry_no_float_noise(
+    hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
+) -> None:
+    """Scores to 4 decimals, kW and ms to 3, whatever the vehicles reported."""
+    await async_setup_fleet(hass, options=FAST)
+    await async_announce(
+        hass,
+        *(
+            (f"v{i}", {"SoC": 0.6206423999999999 - i / 7, "MaxPower": 7.123456789})
+            for i in range(3)
+        ),
+    )
+    FleetResponder(hass, fleet_mqtt)
+
+    response = await _dispatch(hass, power_kw=8.3333333, strategy="smart")
+
+    for order in response["vehicles"].values():
+        assert order["score"] == round(order["score"], 4)
+        assert order["power_kw"] == round(order["power_kw"], 3)
+        assert order["latency_ms"] == round(order["latency_ms"], 3)
+    for key in ("requested_kw", "assigned_kw", "shortfall_kw", "acknowledged_kw"):
+        assert response[key] == round(response[key], 3)
+
+
+async def test_refusal_as_the_actions_page_receives_it(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_ws_client: WebSocketGenerator,
+) -> None:
+    """The frontend calls actions over the websocket: it gets the field's words."""
+    await _fleet(hass)
+    responder = FleetResponder(hass, fleet_mqtt)
+    client = await hass_ws_client(hass)
+    await client.send_json(
+        {
+            "id": 1,
+            "type": "call_service",
+            "domain": DOMAIN,
+            "service": "dispatch",
+            "service_data": {
+                "config_entry_id": ENTRY_ID,
+                "signal_type": "aFRR",
+                "power_kw": 200_000,
+            },
+            "return_response": True,
+        }
+    )
+    answer = await client.receive_json()
+    assert not answer["success"]
+    error = answer["error"]
+    assert error["code"] == "service_validation_error"
+    assert error["translation_key"] == "power_out_of_range"
+    assert error["translation_domain"] == DOMAIN
+    assert error["message"] == (
+        "Validation error: Power must be at most 100,000 kW either way "
+        "(discharging or charging), not 200000 kW"
+    )
+    assert responder.command_publishes() == []
+
+
+async def test_more_power_than_the_fleet_can_give(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dispatched as far as the fleet goes; response, logbook and log say how far."""
+    await _fleet(hass, MaxPower=10.0)
+    events = async_capture_events(hass, EVENT_DISPATCH_COMPLETED)
+    FleetResponder(hass, fleet_mqtt)
+
+    # The bound itself is accepted: 100 MW is refused only beyond it.
+    response = await _dispatch(hass, signal_type="aFRR", power_kw=100_000)
+
+    assert response["requested_kw"] == 100_000.0
+    assert response["assigned_kw"] == pytest.approx(20.0)
+    assert response["shortfall_kw"] == pytest.approx(99_980.0)
+    assert response["status"] == "completed"  # all that was placed was acknowledged
+    assert _warnings(caplog) == [
+        f"Depot: dispatch {response['dispatch_id']} asked for 100000 kW aFRR; "
+        "the fleet could place 20 kW of it (99980 kW short)"
+    ]
+    [event] = events
+    assert _logbook_line(hass, event) == (
+        "dispatched 100000 kW aFRR (20 kW placed, 99980 kW short): completed, "
+        "100 % acknowledged"
+    )
+
+    # Charging: the shortfall is a magnitude.
+    caplog.clear()
+    response = await _dispatch(hass, power_kw=-50)
+    assert response["assigned_kw"] == pytest.approx(-20.0)
+    assert response["shortfall_kw"] == pytest.approx(30.0)
+    assert len(_warnings(caplog)) == 1
+    assert _logbook_line(hass, events[-1]) == (
+        "dispatched -50 kW FCR (-20 kW placed, 30 kW short): completed, "
+        "100 % acknowledged"
+    )
+
+    # What fits leaves no warning and the usual line.
+    caplog.clear()
+    response = await _dispatch(hass, power_kw=12)
+    assert response["shortfall_kw"] == 0.0
+    assert _logbook_line(hass, events[-1]) == (
+        "dispatched 12 kW FCR: completed, 100 % acknowledged"
+    )
+    assert _warnings(caplog) == []
+
+    # A dry run says it in its response and logbook line, not in the log.
+    response = await _dispatch(hass, power_kw=30, dry_run=True)
+    assert response["shortfall_kw"] == pytest.approx(10.0)
+    assert _logbook_line(hass, events[-1]) == (
+        "planned 30 kW FCR (20 kW placed, 10 kW short) (dry run)"
+    )
+    assert _warnings(caplog) == []
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The integration's warnings."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("custom_components.v2g")
+        and record.levelno == logging.WARNING
+    ]
+
+
+def _logbook_line(hass: HomeAssistant, event: Event) -> str:
+    """The logbook's text for a dispatch event, as the logbook describes it."""
+    described: dict[str, Any] = {}
+
+    def register(domain: str, event_type: str, describe: Any) -> None:
+        described[event_type] = describe
+
+    async_describe_events(hass, register)
+    line: str = described[EVENT_DISPATCH_COMPLETED](event)[LOGBOOK_ENTRY_MESSAGE]
+    return line
+
+
+async def test_vehicles_are_picked_as_devices_or_named_by_id(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    device_registry: dr.DeviceRegistry,
+) -> None:
+    """The vehicle picker gives device ids; vehicle ids typed in YAML still work."""
+    await _fleet(hass, count=3)
+    responder = FleetResponder(hass, fleet_mqtt)
+    v1 = find_device(device_registry, (DOMAIN, f"{ENTRY_ID}_v1"))
+    v3 = find_device(device_registry, (DOMAIN, f"{ENTRY_ID}_v3"))
+    assert v1 is not None
+    assert v3 is not None
+
+    response = await _dispatch(
+        hass, power_kw=10, vehicles=[v1.id, "v2"], strategy="equal"
+    )
+    assert set(response["vehicles"]) == {"v1", "v2"}
+    assert responder.orders_for("v3") == []
+    response = await _dispatch(hass, power_kw=3, vehicles=v3.id)  # one, not a list
+    assert set(response["vehicles"]) == {"v3"}
+
+    # The dispatch log filtered by a picked vehicle.
+    log = await hass.services.async_call(
+        DOMAIN,
+        "get_dispatch_log",
+        {"config_entry_id": ENTRY_ID, "vehicle_id": v3.id},
+        blocking=True,
+        return_response=True,
+    )
+    assert log is not None
+    assert [e["dispatch_id"] for e in log["entries"]] == [response["dispatch_id"]]
+
+    # The day-ahead plan: picked vehicles, and windows keyed by a picked vehicle.
+    plan = await _plan(
+        hass,
+        date="2026-03-02",
+        target_kwh=2,
+        vehicles=[v1.id],
+        windows={v1.id: [{"start": "10:00", "end": "12:00"}]},
+    )
+    assert plan["vehicles"] == ["v1"]
+    assert {e["vehicle_id"] for e in plan["entries"]} == {"v1"}
+    assert len(plan["entries"]) == 2
+
+    # The fleet's own device, and a device of another integration, are no vehicles.
+    fleet = find_device(device_registry, (DOMAIN, ENTRY_ID))
+    assert fleet is not None
+    other_entry = MockConfigEntry(domain="mqtt_room", title="Room")
+    other_entry.add_to_hass(hass)
+    lamp = device_registry.async_get_or_create(
+        config_entry_id=other_entry.entry_id,
+        identifiers={("mqtt_room", "lamp")},
+        name="Lamp",
+    )
+    for device, name in ((fleet, "Depot"), (lamp, "Lamp")):
+        with pytest.raises(ServiceValidationError) as err:
+            await _dispatch(hass, power_kw=5, vehicles=["v1", device.id])
+        message = _assert_names_the_field(
+            err.value, "not_a_fleet_vehicle", "dispatch", "vehicles"
+        )
+        assert name in message
+    with pytest.raises(ServiceValidationError) as err:
+        await _plan(hass, target_kwh=2, windows={fleet.id: []})
+    _assert_names_the_field(
+        err.value, "not_a_fleet_vehicle", "plan_day_ahead", "windows"
+    )
+
+
+async def test_vehicle_picker_offers_vehicles_only(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    device_registry: dr.DeviceRegistry,
+) -> None:
+    """The picker's filter matches every vehicle device, V2G or not, never the fleet."""
+    await async_setup_fleet(hass)
+    await async_announce(hass, ("v1", {}), ("ice", {"IsV2G": False}))
+    devices = {
+        name: find_device(device_registry, identifier)
+        for name, identifier in (
+            ("v1", (DOMAIN, f"{ENTRY_ID}_v1")),
+            ("ice", (DOMAIN, f"{ENTRY_ID}_ice")),
+            ("fleet", (DOMAIN, ENTRY_ID)),
+        )
+    }
+    descriptions = await async_get_all_descriptions(hass)
+    for service, field in (
+        ("dispatch", "vehicles"),
+        ("plan_day_ahead", "vehicles"),
+        ("get_dispatch_log", "vehicle_id"),
     ):
-        with pytest.raises(Exception, match=r"Invalid|invalid|unknown|finite"):
-            await _dispatch(hass, **data)
+        picker = descriptions[DOMAIN][service]["fields"][field]["selector"]["device"]
+        assert picker.get("multiple", False) is (field == "vehicles")
+
+        def offered(
+            device: dr.DeviceEntry | None, filters: Any = picker["filter"]
+        ) -> bool:
+            assert device is not None
+            return any(
+                f["integration"] == DOMAIN and f["model"] == device.model
+                for f in filters
+            )
+
+        assert offered(devices["v1"])
+        assert offered(devices["ice"])
+        assert not offered(devices["fleet"])
 
 
 async def test_action_on_unknown_or_unloaded_entry(
@@ -533,7 +841,7 @@ async def test_plan_day_ahead_windows_are_local_time(
 ) -> None:
     await _plan_fleet(hass)
 
-    # 12:00 to 24:00 in Paris is 11:00 to 23:00 UTC.
+    # 12:00 to 24:00 in Paris: the plan's slots are Paris times, with their offset.
     result = await _plan(
         hass,
         date="2026-03-02",
@@ -541,18 +849,23 @@ async def test_plan_day_ahead_windows_are_local_time(
         windows={"v2": [{"start": "12:00", "end": "24:00"}]},
     )
     assert result["date"] == "2026-03-02"
+    assert result["time_zone"] == "Europe/Paris"
     assert result["slot_minutes"] == 60
     assert result["target_kwh"] == 12.0
     assert result["vehicles"] == ["v1", "v2"]
     assert result["total_kwh"] == pytest.approx(12.0)
     assert _timeslots(result, "v2") == [
-        f"2026-03-02T{hour:02d}:00:00Z" for hour in range(11, 23)
+        f"2026-03-02T{hour:02d}:00:00+01:00" for hour in range(12, 24)
     ]
+    assert _timeslots(result, "v1")[0] == "2026-03-02T00:00:00+01:00"
     assert len(_timeslots(result, "v1")) == 24
-    assert result["csv"].startswith("vehicle_id,timeslot,power_kw\n")
+    assert result["csv"].startswith(
+        "vehicle_id,timeslot,power_kw\nv1,2026-03-02T00:00:00+01:00,"
+    )
     assert result["csv"].count("\n") == len(result["entries"]) + 1
 
-    # ISO bounds: with an offset as given, without one in Paris time.
+    # ISO bounds: with an offset as given, without one in Paris time
+    # (12:00 UTC is 13:00 in Paris).
     result = await _plan(
         hass,
         date="2026-03-02",
@@ -565,8 +878,8 @@ async def test_plan_day_ahead_windows_are_local_time(
     )
     assert result["vehicles"] == ["v1"]
     assert _timeslots(result, "v1") == [
-        f"2026-03-02T{minutes // 60:02d}:{minutes % 60:02d}:00Z"
-        for minutes in range(12 * 60, 17 * 60, 30)
+        f"2026-03-02T{minutes // 60:02d}:{minutes % 60:02d}:00+01:00"
+        for minutes in range(13 * 60, 18 * 60, 30)
     ]
 
 
@@ -583,9 +896,51 @@ async def test_plan_day_ahead_default_date_is_tomorrow_in_local_time(
 
     assert result["date"] == "2026-03-03"
     assert _timeslots(result, "v1") == [
-        "2026-03-03T05:00:00Z",
-        "2026-03-03T06:00:00Z",
+        "2026-03-03T06:00:00+01:00",
+        "2026-03-03T07:00:00+01:00",
     ]
+
+
+@pytest.mark.parametrize(
+    ("day", "hours", "first", "last"),
+    [
+        ("2026-03-29", 23, "2026-03-29T00:00:00+01:00", "2026-03-29T23:00:00+02:00"),
+        ("2026-10-25", 25, "2026-10-25T00:00:00+02:00", "2026-10-25T23:00:00+01:00"),
+    ],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_plan_day_ahead_days_are_local_days(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    day: str,
+    hours: int,
+    first: str,
+    last: str,
+) -> None:
+    """A day when the clocks change has 23 or 25 hourly slots, none repeated."""
+    await _plan_fleet(hass)
+
+    result = await _plan(hass, date=day, target_kwh=hours, vehicles=["v1"])
+
+    slots = _timeslots(result, "v1")
+    assert len(slots) == hours
+    assert (slots[0], slots[-1]) == (first, last)
+    assert len(set(slots)) == hours
+    # Every slot gets its equal share: 1 kWh per hour.
+    assert {e["power_kw"] for e in result["entries"]} == {1.0}
+    # A window in local time on that day: 02:00 does not exist on 29 March.
+    result = await _plan(
+        hass,
+        date=day,
+        target_kwh=2,
+        vehicles=["v1"],
+        windows={"v1": [{"start": "04:00", "end": "06:00"}]},
+    )
+    assert [slot[11:] for slot in _timeslots(result, "v1")] == (
+        ["04:00:00+02:00", "05:00:00+02:00"]
+        if hours == 23
+        else ["04:00:00+01:00", "05:00:00+01:00"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -594,7 +949,7 @@ async def test_plan_day_ahead_default_date_is_tomorrow_in_local_time(
         (
             {"target_kwh": 1000, "vehicles": ["v1"]},
             "plan_insufficient_capacity",
-            {"target_kwh": "1000"},
+            {"target_kwh": "1000", "deliverable_kwh": "120"},
         ),
         (
             {"target_kwh": 5, "vehicles": ["v1", "ghost", "ice", "phantom"]},
@@ -657,6 +1012,99 @@ async def test_plan_day_ahead_bad_input(
     # values only, the sentence is translated.
     message = STRINGS["exceptions"][key]["message"]
     assert set(re.findall(r"{(\w+)}", message)) == set(placeholders)
+    _assert_names_the_field(err.value, key, "plan_day_ahead", PLAN_FIELDS[key])
+
+
+# The field each refusal of the day-ahead plan is about.
+PLAN_FIELDS = {
+    "plan_insufficient_capacity": "target_kwh",
+    "plan_target_not_positive": "target_kwh",
+    "unknown_vehicles": "vehicles",
+    "invalid_window_order": "windows",
+    "invalid_window_time": "windows",
+}
+
+
+@pytest.mark.parametrize(
+    ("service", "data", "key", "field"),
+    [
+        (
+            "plan_day_ahead",
+            {"target_kwh": "a lot"},
+            "invalid_target_energy",
+            "target_kwh",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "slot_minutes": 0},
+            "invalid_slot_length",
+            "slot_minutes",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "slot_minutes": 1441},
+            "invalid_slot_length",
+            "slot_minutes",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "slot_minutes": 7.5},
+            "invalid_slot_length",
+            "slot_minutes",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "windows": "all day"},
+            "invalid_windows",
+            "windows",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "windows": {"v1": [{"start": "08:00"}]}},
+            "invalid_windows",
+            "windows",
+        ),
+        (
+            "plan_day_ahead",
+            {"target_kwh": 5, "date": "tomorrow"},
+            "invalid_field",
+            "date",
+        ),
+        ("plan_day_ahead", {}, "missing_field", "target_kwh"),
+        ("get_dispatch_log", {"limit": 0}, "invalid_limit", "limit"),
+        ("get_dispatch_log", {"start": "yesterday"}, "invalid_field", "start"),
+        (
+            "get_dispatch_log",
+            {"signal_type": "FCRR"},
+            "invalid_signal_type",
+            "signal_type",
+        ),
+        (
+            "get_dispatch_log",
+            {"start": "2026-03-02T10:00:00", "end": "2026-03-02T09:00:00"},
+            "invalid_time_range",
+            "start",
+        ),
+    ],
+)
+async def test_plan_and_log_refusals_name_the_field(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    service: str,
+    data: dict[str, Any],
+    key: str,
+    field: str,
+) -> None:
+    await _plan_fleet(hass)
+    with pytest.raises(ServiceValidationError) as err:
+        await hass.services.async_call(
+            DOMAIN,
+            service,
+            {"config_entry_id": ENTRY_ID, **data},
+            blocking=True,
+            return_response=True,
+        )
+    _assert_names_the_field(err.value, key, service, field)
 
 
 async def test_plan_day_ahead_without_vehicles(
@@ -721,3 +1169,52 @@ async def test_dispatch_errors_carry_the_refused_value(
     assert err.value.translation_key == key
     assert placeholders.items() <= (err.value.translation_placeholders or {}).items()
     assert responder.command_publishes() == []
+
+
+# The modules behind the actions, and the calls that name a translated error.
+ACTION_MODULES = ("services", "action_fields", "dispatching", "day_ahead", "dispatcher")
+ERROR_CALLS = {"field_error", "FieldInvalid", "_error"}
+
+
+def _raised_keys() -> dict[str, set[str] | None]:
+    """Translation key -> the placeholders its raise names (None: not literal)."""
+    found: dict[str, set[str] | None] = {}
+    for module in ACTION_MODULES:
+        path = Path(__file__).parent.parent / "custom_components" / DOMAIN
+        tree = ast.parse((path / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            key: Any = None
+            placeholders: set[str] | None = None
+            if name in ERROR_CALLS and node.args:
+                key = getattr(node.args[0], "value", None)
+                placeholders = {kw.arg for kw in node.keywords if kw.arg}
+                if any(kw.arg is None for kw in node.keywords):
+                    placeholders = None  # **placeholders
+            elif name.endswith("Error"):
+                keywords = {kw.arg: kw.value for kw in node.keywords}
+                key = getattr(keywords.get("translation_key"), "value", None)
+                given = keywords.get("translation_placeholders")
+                placeholders = (
+                    {k.value for k in given.keys if isinstance(k, ast.Constant)}
+                    if isinstance(given, ast.Dict)
+                    else None
+                    if given is not None
+                    else set()
+                )
+            if isinstance(key, str):
+                found[key] = placeholders
+    return found
+
+
+def test_every_refusal_has_its_message() -> None:
+    """Each translated error the actions raise has a message with its placeholders."""
+    raised = _raised_keys()
+    assert {"power_out_of_range", "not_a_fleet_vehicle", "invalid_field"} <= set(raised)
+    for key, placeholders in raised.items():
+        assert key in STRINGS["exceptions"], key
+        message = STRINGS["exceptions"][key]["message"]
+        if placeholders is not None:
+            assert set(re.findall(r"{(\w+)}", message)) == placeholders, key

@@ -117,6 +117,26 @@ async def _listed_webhook_domains(
 # --- accepted signals ----------------------------------------------------------------
 
 
+async def test_more_than_the_fleet_can_take_is_dispatched_with_its_shortfall(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_client_no_auth: ClientSessionGenerator,
+) -> None:
+    """Two 10 kW vehicles asked for 100 MW: 20 kW placed, the rest reported short."""
+    await _fleet(hass)
+    responder = FleetResponder(hass, fleet_mqtt)
+    client = await hass_client_no_auth()
+
+    resp = await client.post(URL, json=_signal(power=100_000))
+
+    assert resp.status == HTTPStatus.OK
+    body = await resp.json()
+    assert body["requested_kw"] == 100_000.0
+    assert body["assigned_kw"] == pytest.approx(20.0)
+    assert body["shortfall_kw"] == pytest.approx(99_980.0)
+    assert len(responder.orders) == 2
+
+
 async def test_signal_is_dispatched_and_answered_with_the_response(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
@@ -333,8 +353,20 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
     (
         "too long",
         _signal(length=timedelta(days=2)),
-        "The duration must be more than 0",
+        "Duration must be more than 0 and at most 24 hours",
         "webhook_invalid_value",
+    ),
+    (
+        "absurd power",
+        _signal(power=200_000),
+        "power must be at most 100000 kW either way",
+        "webhook_power_out_of_range",
+    ),
+    (
+        "absurd negative power",
+        _signal(power=-100_000.5),
+        "power must be at most 100000 kW either way",
+        "webhook_power_out_of_range",
     ),
 ]
 

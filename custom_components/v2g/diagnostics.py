@@ -3,11 +3,13 @@
 A fleet's file holds a summary (counts, counters, metrics with their latencies
 summarised, the newest log entries) and a sample of `VEHICLE_SAMPLE` vehicles,
 not the whole fleet: a 10,000-vehicle depot's state would be megabytes. A
-vehicle device's file holds that vehicle only.
+vehicle device's file holds that vehicle only. Numbers are rounded for reading
+(`rounded`): what a vehicle reported (SoC 0.6206423999999999) is shown as 0.6206.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
@@ -22,6 +24,28 @@ TO_REDACT = {CONF_WEBHOOK_ID}
 LOG_ENTRIES = 5
 VEHICLE_SAMPLE = 20
 NAMED_IDS = 50
+# Decimals shown: kW, kWh and ms to the watt, watt-hour and microsecond (as in
+# the dispatch response); anything else (SoC, scores, ratios) to 4 decimals.
+_UNIT_DECIMALS = 3
+_DECIMALS = 4
+_UNIT_SUFFIXES = ("_kw", "_kwh", "_ms")
+
+
+def rounded(value: Any, key: str = "") -> Any:
+    """``value`` with its floats rounded for reading, by the key that holds them."""
+    if isinstance(value, float):
+        return round(
+            value, _UNIT_DECIMALS if key.endswith(_UNIT_SUFFIXES) else _DECIMALS
+        )
+    if isinstance(value, Mapping):
+        return _rounded(value)
+    if isinstance(value, list | tuple):
+        return [rounded(item, key) for item in value]
+    return value
+
+
+def _rounded(data: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(name): rounded(item, str(name)) for name, item in data.items()}
 
 
 async def async_get_config_entry_diagnostics(
@@ -33,7 +57,7 @@ async def async_get_config_entry_diagnostics(
     tracker = coordinator.engine.tracker
     stale = coordinator.stale_ids()
     sample = sorted(fleet.vehicles)[:VEHICLE_SAMPLE]
-    return {
+    diagnostics = {
         "entry": {
             "title": entry.title,
             "data": async_redact_data(dict(entry.data), TO_REDACT),
@@ -102,6 +126,7 @@ async def async_get_config_entry_diagnostics(
             "latest": coordinator.dispatch_log.latest(LOG_ENTRIES),
         },
     }
+    return _rounded(diagnostics)
 
 
 async def async_get_device_diagnostics(
@@ -113,17 +138,19 @@ async def async_get_device_diagnostics(
     for domain, identifier in device.identifiers:
         if domain == DOMAIN and identifier.startswith(prefix):
             vehicle_id = identifier.removeprefix(prefix)
-            return {
-                "vehicle_id": vehicle_id,
-                **vehicle_state(coordinator, vehicle_id),
-                "recent_dispatches": [
-                    _vehicle_entry(entry_data, vehicle_id)
-                    for entry_data in coordinator.dispatch_log.query(
-                        vehicle_id=vehicle_id
-                    )[-LOG_ENTRIES:]
-                ],
-            }
-    return {"metrics": _metrics(coordinator)}
+            return _rounded(
+                {
+                    "vehicle_id": vehicle_id,
+                    **vehicle_state(coordinator, vehicle_id),
+                    "recent_dispatches": [
+                        _vehicle_entry(entry_data, vehicle_id)
+                        for entry_data in coordinator.dispatch_log.query(
+                            vehicle_id=vehicle_id
+                        )[-LOG_ENTRIES:]
+                    ],
+                }
+            )
+    return _rounded({"metrics": _metrics(coordinator)})
 
 
 def vehicle_state(coordinator: V2GFleetCoordinator, vehicle_id: str) -> dict[str, Any]:

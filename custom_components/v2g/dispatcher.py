@@ -23,7 +23,7 @@ from homeassistant.exceptions import HomeAssistantError
 from homeassistant.util import dt as dt_util
 
 from .const import DOMAIN, EVENT_DISPATCH_COMPLETED, LOGGER
-from .dispatching import build_request, invalid_value
+from .dispatching import build_request, invalid_value, warn_shortfall
 from .engine import (
     DispatchEngine,
     DispatchResult,
@@ -154,6 +154,7 @@ class FleetDispatcher:
         self._persistence.async_clear(request.dispatch_id)
         await asyncio.sleep(0)  # the engine's last step learnt from every order
         response = result.as_response()
+        warn_shortfall(self._entry.title, response)
         self.record_finished(response)
         if self.verifier is not None:
             self.verifier.async_schedule(result, response)

@@ -1,19 +1,23 @@
 """A dispatch request from an action or the webhook, and its errors.
 
 Error mapping happens here, at one boundary: the engine's validation errors
-become translated ``ServiceValidationError``; a fleet that cannot publish
-raises a translated ``HomeAssistantError`` (docs/actions.md#errors).
+become translated ``ServiceValidationError`` that name the field as the action
+form labels it; a fleet that cannot publish raises a translated
+``HomeAssistantError`` (docs/actions.md#errors). The checks here hold for every
+caller: the action, the webhook and code calling the dispatcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 import math
+from typing import Any
 
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.util import dt as dt_util, ulid as ulid_util
 
-from .const import DOMAIN, LOGGER
+from .action_fields import check_power, field_label
+from .const import DOMAIN, LOGGER, SERVICE_DISPATCH
 from .engine import (
     DispatchRequest,
     FlexibilitySignal,
@@ -25,15 +29,18 @@ from .engine.models import MAX_SIGNAL_DURATION_S
 
 # Unknown vehicle ids named in an error message.
 MAX_NAMED_VEHICLES = 10
+# The engine's names of the request's values -> the action's fields.
+_DISPATCH_FIELDS = {"power_kw": "power_kw", "duration_s": "duration"}
 
 
 def invalid_value(err: InvalidValueError) -> ServiceValidationError:
     """The translated error of a value the engine refused (the field is named)."""
     LOGGER.debug("Refused %s: %s", err.field, err.reason)
+    field = _DISPATCH_FIELDS.get(err.field, err.field)
     return ServiceValidationError(
         translation_domain=DOMAIN,
         translation_key="invalid_value",
-        translation_placeholders={"field": err.field},
+        translation_placeholders={"field": field_label(SERVICE_DISPATCH, field)},
     )
 
 
@@ -108,13 +115,11 @@ def build_request(
     power = float(power_kw)
     if not math.isfinite(power):
         raise _error("invalid_power", value=str(power_kw))
+    check_power(power)
     duration = float(duration_s)
     if not 0 < duration <= MAX_SIGNAL_DURATION_S:
-        raise _error(
-            "invalid_duration",
-            value=f"{duration:g}",
-            max_s=f"{MAX_SIGNAL_DURATION_S:g}",
-        )
+        # The message says "24 hours": the bound is fixed (engine/models.py).
+        raise _error("invalid_duration", value=f"{duration:g}")
     try:
         signal = FlexibilitySignal(
             signal_type=kind,
@@ -132,4 +137,26 @@ def build_request(
         strategy=chosen,
         dry_run=dry_run,
         dispatch_id=ulid_util.ulid_now(),
+    )
+
+
+def warn_shortfall(fleet: str, response: Mapping[str, Any]) -> None:
+    """Warn when a dispatch asked more than its fleet could take (not a dry run).
+
+    The response says it too (`shortfall_kw`, docs/actions.md#dispatch-response),
+    and so does the logbook line.
+    """
+    short = response.get("shortfall_kw")
+    if not short or response.get("status") == "planned":
+        return
+    signal = response.get("signal") or {}
+    LOGGER.warning(
+        "%s: dispatch %s asked for %g kW %s; the fleet could place %g kW of it "
+        "(%g kW short)",
+        fleet,
+        response.get("dispatch_id"),
+        response.get("requested_kw") or 0.0,
+        signal.get("type", "?"),
+        response.get("assigned_kw") or 0.0,
+        short,
     )

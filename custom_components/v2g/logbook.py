@@ -36,13 +36,26 @@ def describe_dispatch(data: dict[str, Any]) -> str:
     power = data.get("requested_kw", signal.get("power_kw"))
     kind = signal.get("type", "?")
     status = data.get("status", "?")
+    placed = _placed(data)
     if status == "planned":
-        return f"planned {_number(power)} kW {kind} (dry run)"
+        return f"planned {_number(power)} kW {kind}{placed} (dry run)"
     rate = data.get("ack_rate")
     percent = (
         f"{round(float(rate) * 100):d} %" if isinstance(rate, (int, float)) else "? %"
     )
-    return f"dispatched {_number(power)} kW {kind}: {status}, {percent} acknowledged"
+    return (
+        f"dispatched {_number(power)} kW {kind}{placed}: {status}, "
+        f"{percent} acknowledged"
+    )
+
+
+def _placed(data: dict[str, Any]) -> str:
+    """What the fleet could take of a request larger than it (docs/actions.md)."""
+    short = data.get("shortfall_kw")
+    if not isinstance(short, (int, float)) or short <= 0:
+        return ""
+    placed = _number(data.get("assigned_kw"))
+    return f" ({placed} kW placed, {_number(short)} kW short)"
 
 
 def _vehicles(count: int) -> str:

@@ -1,14 +1,15 @@
 """Actions: v2g.dispatch, v2g.discover, v2g.get_dispatch_log, v2g.plan_day_ahead.
 
 Times without an offset given to an action are Home Assistant's local time; the
-engine gets UTC. See docs/actions.md.
+engine gets UTC. Refusals name the field as the action form labels it
+(action_fields.py). Vehicles may be picked as devices or named by vehicle id.
+See docs/actions.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import date, datetime, time, timedelta
-import math
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta
 from typing import Any, Final, cast
 
 from homeassistant.config_entries import ConfigEntryState
@@ -20,12 +21,12 @@ from homeassistant.core import (
     SupportsResponse,
     callback,
 )
-from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers import config_validation as cv, selector
-from homeassistant.helpers.typing import VolSchemaType
 from homeassistant.util import dt as dt_util
 import voluptuous as vol
 
+from . import action_fields as fields
+from .action_fields import field_error, labelled_schema
 from .const import (
     DOMAIN,
     SERVICE_DISCOVER,
@@ -34,14 +35,8 @@ from .const import (
     SERVICE_PLAN_DAY_AHEAD,
 )
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
-from .engine import (
-    InfeasiblePlanError,
-    InvalidValueError,
-    SignalType,
-    Strategy,
-    Vehicle,
-    plan_day_ahead,
-)
+from .day_ahead import plan_fleet_day_ahead, window_time
+from .engine import SignalType
 
 ATTR_SIGNAL_TYPE: Final = "signal_type"
 ATTR_POWER_KW: Final = "power_kw"
@@ -62,78 +57,45 @@ ATTR_WINDOWS: Final = "windows"
 DEFAULT_DURATION: Final = timedelta(minutes=15)
 
 _ENTRY = selector.ConfigEntrySelector({"integration": DOMAIN})
-
-
-def _signal_type(value: Any) -> SignalType:
-    try:
-        return SignalType.parse(value)
-    except InvalidValueError as err:
-        raise vol.Invalid(err.reason) from err
-
-
-def _strategy(value: Any) -> Strategy:
-    try:
-        return Strategy.parse(value)
-    except InvalidValueError as err:
-        raise vol.Invalid(err.reason) from err
-
-
-def _finite_float(value: Any) -> float:
-    number = float(vol.Coerce(float)(value))
-    if not math.isfinite(number):
-        raise vol.Invalid("must be a finite number")
-    return number
-
-
-def _action_schema(fields: Mapping[Any, Any]) -> VolSchemaType:
-    """Return the schema of an action, typed as Home Assistant registers it.
-
-    Home Assistant 2026.11 validates with probatio, installed under the
-    ``voluptuous`` name, and types ``async_register(schema=)`` with probatio's
-    classes, while mypy sees the real voluptuous package installed beside it. At run
-    time ``vol.Schema`` is the class Home Assistant validates with on every version;
-    the cast only tells mypy so.
-    """
-    return cast("VolSchemaType", vol.Schema(fields))
-
-
 _ID_LIST = vol.All(cv.ensure_list, [cv.string])
 
-DISPATCH_SCHEMA: Final = _action_schema(
+DISPATCH_SCHEMA: Final = labelled_schema(
+    SERVICE_DISPATCH,
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
-        vol.Required(ATTR_SIGNAL_TYPE): _signal_type,
-        vol.Required(ATTR_POWER_KW): _finite_float,
-        vol.Optional(ATTR_DURATION, default=DEFAULT_DURATION): cv.positive_time_period,
+        vol.Required(ATTR_SIGNAL_TYPE): fields.signal_type,
+        vol.Required(ATTR_POWER_KW): fields.power_kw,
+        vol.Optional(ATTR_DURATION, default=DEFAULT_DURATION): fields.duration,
         vol.Optional(ATTR_VEHICLES): _ID_LIST,
-        vol.Optional(ATTR_STRATEGY): _strategy,
+        vol.Optional(ATTR_STRATEGY): fields.strategy,
         vol.Optional(ATTR_DRY_RUN, default=False): cv.boolean,
         vol.Optional(ATTR_VERIFY, default=False): cv.boolean,
-    }
+    },
 )
-DISCOVER_SCHEMA: Final = _action_schema({vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY})
-GET_DISPATCH_LOG_SCHEMA: Final = _action_schema(
+DISCOVER_SCHEMA: Final = labelled_schema(
+    SERVICE_DISCOVER, {vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY}
+)
+GET_DISPATCH_LOG_SCHEMA: Final = labelled_schema(
+    SERVICE_GET_DISPATCH_LOG,
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
         vol.Optional(ATTR_START): cv.datetime,
         vol.Optional(ATTR_END): cv.datetime,
         vol.Optional(ATTR_VEHICLE_ID): cv.string,
-        vol.Optional(ATTR_SIGNAL_TYPE): _signal_type,
-        vol.Optional(ATTR_LIMIT): vol.All(vol.Coerce(int), vol.Range(min=1)),
-    }
+        vol.Optional(ATTR_SIGNAL_TYPE): fields.signal_type,
+        vol.Optional(ATTR_LIMIT): fields.limit,
+    },
 )
-_WINDOW = vol.Schema({vol.Required("start"): cv.string, vol.Required("end"): cv.string})
-PLAN_DAY_AHEAD_SCHEMA: Final = _action_schema(
+PLAN_DAY_AHEAD_SCHEMA: Final = labelled_schema(
+    SERVICE_PLAN_DAY_AHEAD,
     {
         vol.Required(ATTR_CONFIG_ENTRY_ID): _ENTRY,
-        vol.Required(ATTR_TARGET_KWH): _finite_float,
-        vol.Optional(ATTR_SLOT_MINUTES, default=60): vol.All(
-            vol.Coerce(int), vol.Range(min=1, max=1440)
-        ),
+        vol.Required(ATTR_TARGET_KWH): fields.target_kwh,
+        vol.Optional(ATTR_SLOT_MINUTES, default=60): fields.slot_minutes,
         vol.Optional(ATTR_DATE): cv.date,
         vol.Optional(ATTR_VEHICLES): _ID_LIST,
-        vol.Optional(ATTR_WINDOWS): vol.Schema({cv.string: [_WINDOW]}),
-    }
+        vol.Optional(ATTR_WINDOWS): fields.windows,
+    },
 )
 
 
@@ -142,123 +104,24 @@ def _get_coordinator(call: ServiceCall) -> V2GFleetCoordinator:
     entry_id: str = call.data[ATTR_CONFIG_ENTRY_ID]
     entry: V2GConfigEntry | None = call.hass.config_entries.async_get_entry(entry_id)
     if entry is None or entry.domain != DOMAIN:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN,
-            translation_key="invalid_config_entry",
-            translation_placeholders={"config_entry": entry_id},
-        )
+        raise field_error("invalid_config_entry", config_entry=entry_id)
     if entry.state is not ConfigEntryState.LOADED:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN,
-            translation_key="unloaded_config_entry",
-            translation_placeholders={"config_entry": entry.title},
-        )
+        raise field_error("unloaded_config_entry", config_entry=entry.title)
     return entry.runtime_data
 
 
-def _window_time(day: date, text: str, vehicle_id: str) -> datetime:
-    """Parse a window bound to UTC: a time of day on ``day`` or an ISO datetime.
-
-    Both are Home Assistant's local time unless the datetime has an offset;
-    ``24:00`` is the midnight that ends ``day``.
-    """
-    local = dt_util.get_default_time_zone()
-    if (parsed_time := dt_util.parse_time(text)) is not None:
-        return dt_util.as_utc(datetime.combine(day, parsed_time, tzinfo=local))
-    if text in ("24:00", "24:00:00"):
-        return dt_util.as_utc(datetime.combine(day + timedelta(days=1), time(), local))
-    if (parsed := dt_util.parse_datetime(text)) is not None:
-        return dt_util.as_utc(parsed)  # naive: local time
-    raise ServiceValidationError(
-        translation_domain=DOMAIN,
-        translation_key="invalid_window_time",
-        translation_placeholders={"vehicle_id": vehicle_id, "time": text},
+def _picked(
+    call: ServiceCall, coordinator: V2GFleetCoordinator, field: str, ids: Iterable[str]
+) -> list[str]:
+    """Vehicle ids of what a vehicle field gave (devices from the picker, or ids)."""
+    return fields.vehicle_ids(
+        call.hass,
+        coordinator.config_entry.entry_id,
+        ids,
+        coordinator.fleet.vehicles,
+        service=call.service,
+        field=field,
     )
-
-
-def _local_text(value: datetime) -> str:
-    """Format a UTC time for a message: local, to the second."""
-    return dt_util.as_local(value).replace(tzinfo=None).isoformat(sep=" ")
-
-
-def plan_fleet_day_ahead(
-    fleet_vehicles: Mapping[str, Vehicle],
-    *,
-    target_kwh: float,
-    slot_minutes: int,
-    day: date,
-    vehicle_ids: Sequence[str] | None = None,
-    windows: Mapping[str, Sequence[tuple[datetime, datetime]]] | None = None,
-) -> dict[str, Any]:
-    """Plan an energy target over a day (NEBEF-style) with a fleet's vehicles.
-
-    Args:
-        fleet_vehicles: the fleet's vehicles by id (``coordinator.fleet.vehicles``).
-        target_kwh: energy to deliver over the day.
-        slot_minutes: slot length, 1 to 1440.
-        day: the day to plan.
-        vehicle_ids: the vehicles to plan with; None: every V2G vehicle.
-        windows: availability windows (UTC) per vehicle id; a vehicle without
-            windows is available all day.
-
-    Returns:
-        The action response: the plan's entries and the same plan as CSV.
-
-    Raises:
-        ServiceValidationError: unknown vehicles, no vehicle, a target that is
-            not positive, a window that ends before it starts, or a target the
-            vehicles cannot deliver in their windows.
-    """
-    if vehicle_ids is None:
-        vehicles = [v for v in fleet_vehicles.values() if v.is_v2g]
-    else:
-        if unknown := [vid for vid in vehicle_ids if vid not in fleet_vehicles]:
-            raise ServiceValidationError(
-                translation_domain=DOMAIN,
-                translation_key="unknown_vehicles",
-                translation_placeholders={"vehicles": ", ".join(unknown[:10])},
-            )
-        vehicles = [fleet_vehicles[vid] for vid in dict.fromkeys(vehicle_ids)]
-    if not vehicles:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN, translation_key="plan_no_vehicles"
-        )
-    if not target_kwh > 0.0:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN,
-            translation_key="plan_target_not_positive",
-            translation_placeholders={"target_kwh": f"{target_kwh:g}"},
-        )
-    windows = windows or {}
-    for vehicle_id, spans in windows.items():
-        for start, end in spans:
-            if end <= start:
-                raise ServiceValidationError(
-                    translation_domain=DOMAIN,
-                    translation_key="invalid_window_order",
-                    translation_placeholders={
-                        "vehicle_id": vehicle_id,
-                        "start": _local_text(start),
-                        "end": _local_text(end),
-                    },
-                )
-    try:
-        plan = plan_day_ahead(vehicles, windows, target_kwh, slot_minutes, day)
-    except InfeasiblePlanError as err:
-        raise ServiceValidationError(
-            translation_domain=DOMAIN,
-            translation_key="plan_insufficient_capacity",
-            translation_placeholders={"target_kwh": f"{target_kwh:g}"},
-        ) from err
-    return {
-        "date": plan.day.isoformat(),
-        "slot_minutes": plan.slot_minutes,
-        "target_kwh": plan.target_kwh,
-        "total_kwh": round(plan.total_kwh, 6),
-        "vehicles": [v.vehicle_id for v in vehicles],
-        "entries": plan.as_dicts(),
-        "csv": plan.to_csv(),
-    }
 
 
 async def async_handle_dispatch(call: ServiceCall) -> ServiceResponse:
@@ -266,6 +129,8 @@ async def async_handle_dispatch(call: ServiceCall) -> ServiceResponse:
     coordinator = _get_coordinator(call)
     duration: timedelta = call.data[ATTR_DURATION]
     vehicles = call.data.get(ATTR_VEHICLES)
+    if vehicles is not None:
+        vehicles = _picked(call, coordinator, ATTR_VEHICLES, vehicles)
     result = await coordinator.dispatcher.async_dispatch(
         call.data[ATTR_SIGNAL_TYPE],
         call.data[ATTR_POWER_KW],
@@ -305,14 +170,16 @@ def async_setup_services(hass: HomeAssistant) -> None:
         start = None if start is None else dt_util.as_utc(start)
         end = None if end is None else dt_util.as_utc(end)
         if start is not None and end is not None and start > end:
-            raise ServiceValidationError(
-                translation_domain=DOMAIN, translation_key="invalid_time_range"
-            )
+            raise field_error("invalid_time_range")
         signal_type: SignalType | None = call.data.get(ATTR_SIGNAL_TYPE)
+        vehicle_id = call.data.get(ATTR_VEHICLE_ID)
+        if vehicle_id is not None:
+            # A vehicle no longer in the fleet may still be in the log.
+            [vehicle_id] = _picked(call, coordinator, ATTR_VEHICLE_ID, [vehicle_id])
         entries = coordinator.dispatch_log.query(
             start=start,
             end=end,
-            vehicle_id=call.data.get(ATTR_VEHICLE_ID),
+            vehicle_id=vehicle_id,
             signal_type=None if signal_type is None else signal_type.value,
         )
         if (limit := call.data.get(ATTR_LIMIT)) is not None:
@@ -321,25 +188,32 @@ def async_setup_services(hass: HomeAssistant) -> None:
 
     async def async_plan_day_ahead(call: ServiceCall) -> ServiceResponse:
         coordinator = _get_coordinator(call)
+        time_zone = dt_util.get_default_time_zone()
         # Day ahead: tomorrow in Home Assistant's time zone.
         day: date = call.data.get(ATTR_DATE) or (
-            dt_util.now().date() + timedelta(days=1)
+            dt_util.now(time_zone).date() + timedelta(days=1)
         )
+        given: dict[str, Any] = call.data.get(ATTR_WINDOWS, {})
         windows: dict[str, list[tuple[datetime, datetime]]] = {}
-        for vehicle_id, items in call.data.get(ATTR_WINDOWS, {}).items():
+        for vehicle_id, items in zip(
+            _picked(call, coordinator, ATTR_WINDOWS, given), given.values(), strict=True
+        ):
             windows[vehicle_id] = [
                 (
-                    _window_time(day, item["start"], vehicle_id),
-                    _window_time(day, item["end"], vehicle_id),
+                    window_time(day, item["start"], vehicle_id, time_zone),
+                    window_time(day, item["end"], vehicle_id, time_zone),
                 )
                 for item in items
             ]
         vehicles = call.data.get(ATTR_VEHICLES)
+        if vehicles is not None:
+            vehicles = _picked(call, coordinator, ATTR_VEHICLES, vehicles)
         return plan_fleet_day_ahead(
             coordinator.fleet.vehicles,
             target_kwh=call.data[ATTR_TARGET_KWH],
             slot_minutes=call.data[ATTR_SLOT_MINUTES],
             day=day,
+            time_zone=time_zone,
             vehicle_ids=None if vehicles is None else tuple(vehicles),
             windows=windows,
         )

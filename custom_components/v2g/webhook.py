@@ -20,7 +20,10 @@ Decisions (differences from the Go server):
   ignoring case, like the action's ``signal_type``.
 * ``power`` is the requested power in kW with the sign of docs/protocol.md#sign-convention (> 0: the
   vehicles discharge into the grid); Go's RTE power is positive for injection, so
-  it is passed through unchanged.
+  it is passed through unchanged. Like the action, more than 100 MW either way is
+  refused (400 ``power must be at most 100000 kW either way (100 MW)``); a power
+  the fleet cannot take in full is dispatched, and the answer's ``shortfall_kw``
+  says how much could not be placed.
 * Times must be RFC 3339 with a time zone (``Z`` or an offset).
 * The block is dispatched **now** (Home Assistant has no scheduler for future
   orders): a block that starts in the future is dispatched at once with the
@@ -59,6 +62,7 @@ from homeassistant.helpers.json import json_bytes
 from homeassistant.util import dt as dt_util
 from homeassistant.util.json import JSON_DECODE_EXCEPTIONS, json_loads
 
+from .action_fields import MAX_POWER_KW
 from .const import CONF_WEBHOOK_ENABLED, CONF_WEBHOOK_ID, DOMAIN, LOGGER
 from .engine import SignalType
 
@@ -146,6 +150,11 @@ def _parse_power(data: Mapping[str, Any]) -> float:
         raise _invalid("power must be finite")
     if power_kw == 0.0:
         raise _invalid("power must be non-zero")
+    if abs(power_kw) > MAX_POWER_KW:
+        raise _invalid(
+            f"power must be at most {MAX_POWER_KW:.0f} kW either way (100 MW)",
+            "power_out_of_range",
+        )
     return power_kw
 
 

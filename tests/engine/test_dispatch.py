@@ -52,6 +52,7 @@ TOP_KEYS = {
     "strategy",
     "requested_kw",
     "assigned_kw",
+    "shortfall_kw",
     "acknowledged_kw",
     "ack_rate",
     "vehicles",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 from datetime import UTC, date, datetime, timedelta
 import io
+import itertools
 import json
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -142,3 +144,69 @@ def test_slot_count_rounds_up() -> None:
     plan = plan_day_ahead([make_vehicle("v1", max_power_kw=50.0)], None, 20.6, 7, DAY)
     assert len({e.timeslot for e in plan.entries}) == 206
     assert plan.total_kwh == pytest.approx(20.6)
+
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def test_days_are_calendar_days_of_the_time_zone() -> None:
+    """A Paris day starts at local midnight; slots carry the local offset."""
+    plan = plan_day_ahead(
+        [make_vehicle("v1", max_power_kw=5.0)], None, 24.0, 60, DAY, PARIS
+    )
+    assert plan.entries[0].timeslot == datetime(2025, 7, 7, tzinfo=PARIS)
+    assert plan.entries[0].as_dict()["timeslot"] == "2025-07-07T00:00:00+02:00"
+    assert plan.to_csv().splitlines()[1] == "v1,2025-07-07T00:00:00+02:00,1"
+    assert len(plan.entries) == 24
+    # Windows are instants: 22:00 UTC is midnight in Paris, the day's end.
+    windows = {"v1": [(MIDNIGHT + timedelta(hours=20), MIDNIGHT + timedelta(hours=22))]}
+    late = plan_day_ahead(
+        [make_vehicle("v1", max_power_kw=5.0)], windows, 2.0, 60, DAY, PARIS
+    )
+    assert [e.as_dict()["timeslot"] for e in late.entries] == [
+        "2025-07-07T22:00:00+02:00",
+        "2025-07-07T23:00:00+02:00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("day", "hours", "offsets"),
+    [
+        (date(2026, 3, 29), 23, ["+01:00"] * 2 + ["+02:00"] * 21),
+        (date(2026, 10, 25), 25, ["+02:00"] * 3 + ["+01:00"] * 22),
+    ],
+    ids=["23-hour day", "25-hour day"],
+)
+def test_days_when_the_clocks_change(day: date, hours: int, offsets: list[str]) -> None:
+    """Slots follow real time: no hour is skipped twice or planned twice."""
+    plan = plan_day_ahead(
+        [make_vehicle("v1", max_power_kw=5.0)], None, float(hours), 60, day, PARIS
+    )
+    stamps = [entry.as_dict()["timeslot"] for entry in plan.entries]
+    assert len(stamps) == len(set(stamps)) == hours
+    assert [stamp[-6:] for stamp in stamps] == offsets
+    assert {entry.power_kw for entry in plan.entries} == {1.0}
+    assert plan.total_kwh == pytest.approx(hours)
+    # Consecutive slots are one hour apart in real time.
+    instants = [entry.timeslot.astimezone(UTC) for entry in plan.entries]
+    assert {b - a for a, b in itertools.pairwise(instants)} == {timedelta(hours=1)}
+
+
+def test_infeasible_plan_says_what_can_be_delivered() -> None:
+    with pytest.raises(InfeasiblePlanError) as info:
+        plan_day_ahead([make_vehicle("v1", max_power_kw=2.5)], None, 100.0, 60, DAY)
+    assert info.value.deliverable_kwh == pytest.approx(60.0)
+
+
+def test_exported_powers_carry_no_float_noise() -> None:
+    """0.7 kWh an hour over 0.2 + 1 kW: 0.5 kW exported, not 0.49999999999999983."""
+    vehicles = [
+        make_vehicle("v1", max_power_kw=0.2),
+        make_vehicle("v2", max_power_kw=1.0),
+    ]
+    plan = plan_day_ahead(vehicles, None, 0.7 * 24, 60, DAY)
+    assert {entry["power_kw"] for entry in plan.as_dicts()} == {0.2, 0.5}
+    assert {row.split(",")[2] for row in plan.to_csv().splitlines()[1:]} == {
+        "0.2",
+        "0.5",
+    }

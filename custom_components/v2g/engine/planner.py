@@ -2,7 +2,7 @@
 
 Go `scheduler.GeneratePlan` (seed §6.1):
 
-* the UTC day is cut into ceil(24 h / slot) slots; each slot asks for an equal
+* the day is cut into ceil(day length / slot) slots; each slot asks for an equal
   share of the target;
 * a vehicle counts for a slot only if one of its availability windows contains
   the slot entirely;
@@ -13,7 +13,12 @@ Go `scheduler.GeneratePlan` (seed §6.1):
 One deliberate improvement: Go gave up when the backlog was still there after
 the last slot, even if earlier slots had spare capacity. Here the leftover is
 spread back over the earlier slots (latest first), so a target fails only when
-the day truly cannot hold it; the error says how much is missing.
+the day truly cannot hold it; the error says how much could be delivered.
+
+Go planned UTC days. Here the day is a calendar day of a time zone (Home
+Assistant's, from the action): it starts at local midnight and lasts 23, 24 or
+25 hours; slots follow each other in real time (a slot never repeats or skips
+an hour when the clocks change) and carry their local time and offset.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import csv
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 import io
 import math
 from typing import Any
@@ -30,10 +35,21 @@ from .models import EngineError, InvalidValueError, Vehicle
 
 # Energy below this (kWh) is rounding noise.
 _ENERGY_EPSILON = 1e-6
+# Decimals of a planned power (kW) in the exports: to the milliwatt, without the
+# binary noise of the water filling (0.30000000000000004).
+_POWER_DECIMALS = 6
 
 
 class InfeasiblePlanError(EngineError):
-    """The target cannot be planned with these vehicles and windows."""
+    """The target cannot be planned with these vehicles and windows.
+
+    `deliverable_kwh` is the most the vehicles can deliver in their windows.
+    """
+
+    def __init__(self, message: str, deliverable_kwh: float = 0.0) -> None:
+        """Keep what could be delivered beside the message."""
+        super().__init__(message)
+        self.deliverable_kwh = deliverable_kwh
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +61,11 @@ class PlanEntry:
     power_kw: float
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON object: vehicle_id, timeslot (RFC 3339), power_kw."""
+        """JSON object: vehicle_id, timeslot (RFC 3339, local offset), power_kw."""
         return {
             "vehicle_id": self.vehicle_id,
             "timeslot": _rfc3339(self.timeslot),
-            "power_kw": self.power_kw,
+            "power_kw": round(self.power_kw, _POWER_DECIMALS),
         }
 
 
@@ -79,13 +95,19 @@ class DayAheadPlan:
         writer.writerow(("vehicle_id", "timeslot", "power_kw"))
         for entry in self.entries:
             writer.writerow(
-                (entry.vehicle_id, _rfc3339(entry.timeslot), _short(entry.power_kw))
+                (
+                    entry.vehicle_id,
+                    _rfc3339(entry.timeslot),
+                    _short(round(entry.power_kw, _POWER_DECIMALS)),
+                )
             )
         return buffer.getvalue()
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """The time with its own offset; ``Z`` for UTC (as Go wrote it)."""
+    text = value.isoformat()
+    return text.removesuffix("+00:00") + "Z" if value.tzinfo is UTC else text
 
 
 def _short(value: float) -> str:
@@ -157,10 +179,12 @@ def _spread_energy(
         energy[index] += moved
         backlog -= moved
     if backlog > _ENERGY_EPSILON:
+        deliverable = math.fsum(capacity)
         raise InfeasiblePlanError(
             f"insufficient capacity for target energy: {target_kwh:g} kWh requested,"
-            f" at most {math.fsum(capacity):g} kWh can be delivered in the"
-            " availability windows"
+            f" at most {deliverable:g} kWh can be delivered in the"
+            " availability windows",
+            deliverable,
         )
     return energy
 
@@ -171,8 +195,9 @@ def plan_day_ahead(
     target_kwh: float,
     slot_minutes: int,
     day: date,
+    time_zone: tzinfo = UTC,
 ) -> DayAheadPlan:
-    """Plan `target_kwh` over the UTC `day` in slots of `slot_minutes`.
+    """Plan `target_kwh` over the calendar `day` of `time_zone` in slots.
 
     Args:
         vehicles: the vehicles to plan with (their `max_power_kw`).
@@ -181,7 +206,8 @@ def plan_day_ahead(
             empty list means never.
         target_kwh: energy to deliver over the day.
         slot_minutes: slot length, 1..1440.
-        day: the calendar day (slots start at 00:00 UTC).
+        day: the calendar day; its first slot starts at midnight in `time_zone`.
+        time_zone: the zone of `day` and of the slots' times (default UTC, as Go).
 
     Raises:
         InvalidValueError: a bad slot length or target.
@@ -202,8 +228,10 @@ def plan_day_ahead(
     windows = windows or {}
     slot = timedelta(minutes=slot_minutes)
     slot_hours = slot_minutes / 60.0
-    slot_count = math.ceil(1440 / slot_minutes)
-    day_start = datetime.combine(day, time(0), UTC)
+    # In UTC: arithmetic on zoned datetimes would follow the wall clock.
+    day_start = datetime.combine(day, time(0), time_zone).astimezone(UTC)
+    day_end = datetime.combine(day + timedelta(days=1), time(0), time_zone)
+    slot_count = math.ceil((day_end.astimezone(UTC) - day_start) / slot)
 
     starts = [day_start + slot * index for index in range(slot_count)]
     available = [
@@ -224,8 +252,9 @@ def plan_day_ahead(
         powers = _water_fill(
             [v.max_power_kw for v in slot_vehicles], energy[index] / slot_hours
         )
+        local_start = start.astimezone(time_zone)
         entries.extend(
-            PlanEntry(vehicle.vehicle_id, start, power)
+            PlanEntry(vehicle.vehicle_id, local_start, power)
             for vehicle, power in zip(slot_vehicles, powers, strict=True)
             if power > 0.0
         )

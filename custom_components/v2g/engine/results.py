@@ -174,6 +174,13 @@ def final_status(
     return DispatchStatus.PARTIAL
 
 
+def shortfall(requested_kw: float | None, assigned_kw: float) -> float | None:
+    """The part of a request no vehicle could take (kW, >= 0; to the watt)."""
+    if requested_kw is None:
+        return None
+    return round_kw(max(abs(requested_kw) - abs(assigned_kw), 0.0))
+
+
 def dispatch_response(
     *,
     dispatch_id: str,
@@ -198,6 +205,7 @@ def dispatch_response(
         "strategy": strategy,
         "requested_kw": None if requested_kw is None else round_kw(requested_kw),
         "assigned_kw": round_kw(assigned_kw),
+        "shortfall_kw": shortfall(requested_kw, assigned_kw),
         "acknowledged_kw": round_kw(acknowledged_kw),
         "ack_rate": ack_rate,
         "vehicles": {vid: o.as_vehicle_response() for vid, o in vehicles.items()},
