@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 import contextlib
 from pathlib import Path
 import shutil
@@ -46,6 +47,7 @@ FLEET_KEYS = (
     "flexibility_up",
     "flexibility_down",
     "last_dispatch_status",
+    "last_dispatch_failures",
     "last_dispatch",
     "last_requested_power",
     "last_acknowledged_power",
@@ -88,9 +90,17 @@ def start_broker(config_dir: Path, port: int) -> subprocess.Popen[bytes] | None:
 
 
 def start_simulator(
-    config_dir: Path, broker_port: int, vehicles: int, seed: int
+    config_dir: Path,
+    broker_port: int,
+    vehicles: int,
+    seed: int,
+    overrides: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start the fleet simulator as its own process."""
+    """Start the fleet simulator as its own process.
+
+    `overrides` are the simulator's `--override ID:FIELD=VALUE` (e.g. a vehicle
+    that refuses every order: `veh003:reject_rate=1`).
+    """
     log = open(config_dir / "simulator.log", "ab")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(
         [
@@ -116,6 +126,7 @@ def start_simulator(
             "0.15",
             "--seed",
             str(seed),
+            *(arg for override in overrides for arg in ("--override", override)),
         ],
         cwd=REPO_ROOT,
         stdout=log,
@@ -142,6 +153,32 @@ def vehicle_card(vehicle_id: str, keys: dict[str, str]) -> dict[str, Any]:
             if k in keys
         ],
     }
+
+
+def dispatches_markdown(failures_entity: str) -> str:
+    """The last dispatches, newest first, each with the vehicles that failed and why.
+
+    Read from the attributes of the fleet's "Last dispatch failures" sensor (a
+    logbook card of the status sensor would merge dispatches of equal status).
+    """
+    return f"""\
+{{% set dispatches = state_attr('{failures_entity}', 'dispatches') or [] %}}
+{{%- for d in dispatches %}}
+**{{{{ as_timestamp(d.started_at) | timestamp_custom('%H:%M:%S') }}}}** \
+{{{{ d.signal_type }}}} {{{{ d.requested_kw | round(1) }}}} kW: {{{{ d.status }}}}, \
+{{{{ d.acknowledged_kw | round(1) }}}} kW acknowledged\
+{{%- if d.failure_count == 0 %}}, every vehicle answered{{% endif %}}
+{{% for f in d.failures %}}
+- {{{{ f.vehicle_id }}}}: {{{{ f.status | replace('_', ' ') }}}}\
+{{%- if f.reason %}} ({{{{ f.reason }}}}){{% endif %}}
+{{%- endfor %}}
+{{%- if d.failure_count > d.failures | length %}}
+- … {{{{ d.failure_count - d.failures | length }}}} more
+{{%- endif %}}
+
+{{% else %}}
+No dispatch yet.
+{{% endfor %}}"""
 
 
 def dashboard_config(
@@ -175,13 +212,12 @@ def dashboard_config(
                 "entities": history,
             }
         )
-    if "last_dispatch_status" in fleet:
+    if "last_dispatch_failures" in fleet:
         cards.append(
             {
-                "type": "logbook",
+                "type": "markdown",
                 "title": "Last dispatches",
-                "hours_to_show": 24,
-                "target": {"entity_id": [fleet["last_dispatch_status"]]},
+                "content": dispatches_markdown(fleet["last_dispatch_failures"]),
             }
         )
     vehicle_cards = [
@@ -268,10 +304,12 @@ class DemoStack:
         dispatch_every: int = 5,
         trusted_networks: bool = False,
         home: bool = False,
+        overrides: Sequence[str] = (),
     ) -> None:
         """Describe the stack; nothing starts before `start()`.
 
-        `home` adds the simulated home charger and its car (devtools/home_charger.py).
+        `home` adds the simulated home charger and its car (devtools/home_charger.py);
+        `overrides` change simulated vehicles (`start_simulator`).
         """
         self.config_dir = config_dir
         self.home = home
@@ -279,6 +317,7 @@ class DemoStack:
         self.vehicles = vehicles
         self.seed = seed
         self.dispatch_every = dispatch_every
+        self.overrides = tuple(overrides)
         self.hass = HassInstance(
             config_dir, port=port, trusted_networks=trusted_networks
         )
@@ -298,7 +337,13 @@ class DemoStack:
         if (broker := start_broker(self.config_dir, self.broker_port)) is not None:
             self._processes.append(broker)
         self._processes.append(
-            start_simulator(self.config_dir, self.broker_port, self.vehicles, self.seed)
+            start_simulator(
+                self.config_dir,
+                self.broker_port,
+                self.vehicles,
+                self.seed,
+                self.overrides,
+            )
         )
         hass = self.hass
         hass.prepare(home_charger_yaml() if self.home else "")
@@ -377,6 +422,7 @@ async def run(args: argparse.Namespace) -> None:
         dispatch_every=args.dispatch_every,
         trusted_networks=args.trusted_networks,
         home=args.home,
+        overrides=args.override,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -432,6 +478,13 @@ def main() -> None:
         "--home",
         action="store_true",
         help="add a simulated home charger (helpers and templates) and its car",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="ID:FIELD=VALUE[,...]",
+        help="change a simulated vehicle, e.g. veh003:reject_rate=1 (repeatable)",
     )
     asyncio.run(run(parser.parse_args()))
 

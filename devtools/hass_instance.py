@@ -1,8 +1,9 @@
 """A real Home Assistant process for the demo and the end-to-end tests.
 
-Generates a config folder (owner account, onboarding done, our integration linked in),
-starts `hass`, logs in through the same HTTP flow the frontend uses, and drives config
-flows, actions and states over REST and the websocket API. Only loopback is used.
+Generates a config folder (owner account, onboarding done, our integration and its
+blueprints linked in), starts `hass`, logs in through the same HTTP flow the frontend
+uses, and drives config flows, actions and states over REST and the websocket API.
+Only loopback is used.
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ class HassInstance:
         link = components / "v2g"
         if not link.exists():
             link.symlink_to(REPO_ROOT / "custom_components" / "v2g")
+        # The integration's blueprints, as a user who imported them has them.
+        blueprints = self.config_dir / "blueprints" / "automation"
+        blueprints.mkdir(parents=True, exist_ok=True)
+        if not (blueprints / "v2g").exists():
+            (blueprints / "v2g").symlink_to(
+                REPO_ROOT / "blueprints" / "automation" / "v2g"
+            )
         storage = self.config_dir / ".storage"
         storage.mkdir(exist_ok=True)
         if not (storage / "auth_provider.homeassistant").exists():

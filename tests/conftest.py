@@ -65,3 +65,19 @@ def entity_registry_enabled_by_default() -> Generator[None]:
         new_callable=PropertyMock,
     ):
         yield
+
+
+@pytest.fixture
+def outcome_events_enabled() -> Generator[None]:
+    """Register the dispatch outcome events of discovered vehicles enabled too.
+
+    For the tests of those events: they are disabled by default for discovered
+    vehicles (docs/entities.md#dispatch-outcome-event).
+    """
+    with patch(
+        "custom_components.v2g.event.V2GDispatchOutcomeEvent"
+        ".entity_registry_enabled_default",
+        return_value=True,
+        new_callable=PropertyMock,
+    ):
+        yield

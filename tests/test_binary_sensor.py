@@ -23,6 +23,7 @@ from .snapshot_format import version_neutral
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_binary_sensors(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,

@@ -323,6 +323,7 @@ async def test_stale_vehicle_unavailable_and_removable(
     assert hass.states.get("sensor.v1_setpoint").state == "0.0"
 
 
+@pytest.mark.usefixtures("outcome_events_enabled")
 async def test_mqtt_connection_loss(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,

@@ -56,6 +56,10 @@ from .helpers import (
     vehicle_payload,
 )
 
+# The outcome events are what these tests follow (disabled by default for
+# discovered vehicles).
+pytestmark = pytest.mark.usefixtures("outcome_events_enabled")
+
 # The delivery verification writes the delivery sensors 10 s after a dispatch
 # (tests/test_verification.py counts those writes); here it stays out of the way.
 FAST = {CONF_ACK_TIMEOUT: 0.05, CONF_VERIFY_WINDOW: 600}
@@ -64,10 +68,10 @@ DISPATCHED = VEHICLES[:50]
 IDLE = VEHICLES[50:]
 # What a first dispatch really changes per vehicle.
 CHANGED_BY_DISPATCH = {"setpoint", "ack_rate", "dispatch_outcome"}
-# Enabled by default: 6 sensors (last ack latency is disabled), plugged in, not
-# following, outcome.
+# Enabled: 6 sensors (last ack latency is disabled by default), plugged in, not
+# following, outcome (not responding is disabled for discovered vehicles).
 VEHICLE_ENTITIES = 9
-FLEET_ENTITIES = 17  # 16 sensors, the ack-rate problem binary sensor
+FLEET_ENTITIES = 18  # 17 sensors, the ack-rate problem binary sensor
 
 
 @callback

@@ -20,6 +20,7 @@ from .snapshot_format import version_neutral
 
 
 @pytest.mark.freeze_time("2026-03-01 12:00:00+00:00")
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_event_entities(
     hass: HomeAssistant,
     fleet_mqtt: MqttMockHAClient,
@@ -32,6 +33,7 @@ async def test_event_entities(
     await snapshot_platform(hass, entity_registry, version_neutral(snapshot), ENTRY_ID)
 
 
+@pytest.mark.usefixtures("outcome_events_enabled")
 async def test_outcome_events(
     hass: HomeAssistant, fleet_mqtt: MqttMockHAClient
 ) -> None:

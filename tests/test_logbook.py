@@ -76,9 +76,68 @@ def test_describe_dispatch_texts() -> None:
         == "planned 3 kW MA (dry run)"
     )
     assert (
-        describe_dispatch({"status": "failed", "signal": "junk", "ack_rate": None})
+        describe_dispatch({"status": "failed", "signal": "junk"})
         == "dispatched ? kW ?: failed, ? % acknowledged"
     )
+
+
+def test_describe_dispatch_names_the_failed_vehicles() -> None:
+    orders = {
+        "v1": {"status": "acknowledged", "reason": None},
+        "v2": {"status": "rejected", "reason": "exceeds_max_power"},
+        "v3": {"status": "timeout", "reason": None},
+        "v4": {"status": "superseded", "reason": None},  # a newer dispatch's
+        "v5": {"status": "rejected", "reason": None},
+    }
+    data = {
+        "status": "partial",
+        "signal": {"type": "aFRR", "power_kw": 30.0},
+        "requested_kw": 30.0,
+        "ack_rate": 0.25,
+        "vehicles": orders,
+        # v1 refused the fallback round's top-up; v3 was not asked again.
+        "fallback": {"v1": {"status": "rejected"}},
+        "excluded": {"v9": "soc_below_min"},
+    }
+    assert describe_dispatch(data) == (
+        "dispatched 30 kW aFRR: partial, 25 % acknowledged; 4 vehicles failed: "
+        "v1 (rejected), v2 (rejected: exceeds_max_power), v3 (timeout), "
+        "v5 (rejected)"
+    )
+    # At most 5 named, all counted.
+    many = {f"v{i:02d}": {"status": "timeout"} for i in range(1, 8)}
+    assert describe_dispatch({**data, "vehicles": many, "fallback": {}}) == (
+        "dispatched 30 kW aFRR: partial, 25 % acknowledged; 7 vehicles failed: "
+        "v01 (timeout), v02 (timeout), v03 (timeout), v04 (timeout), "
+        "v05 (timeout), …"
+    )
+    # Nothing eligible: no order sent (ack rate null), nothing failed.
+    nothing = {
+        "status": "failed",
+        "signal": {"type": "NEBEF", "power_kw": 20.0},
+        "requested_kw": 20.0,
+        "ack_rate": None,
+        "vehicles": {},
+        "fallback": {},
+        "excluded": {"v1": "not_v2g", "v2": "unavailable"},
+    }
+    assert describe_dispatch(nothing) == (
+        "dispatched 20 kW NEBEF: failed, no order sent (2 vehicles excluded)"
+    )
+    # Every publish failed: named with the error.
+    failed = {
+        **nothing,
+        "excluded": {},
+        "vehicles": {"v1": {"status": "publish_failed", "reason": "OSError: gone"}},
+    }
+    assert describe_dispatch(failed) == (
+        "dispatched 20 kW NEBEF: failed, no order sent; "
+        "1 vehicle failed: v1 (publish failed: OSError: gone)"
+    )
+    # Damaged orders are skipped, never raised on.
+    assert describe_dispatch(
+        {**data, "vehicles": {"v1": "junk", "v2": {"status": 3}}, "fallback": []}
+    ) == ("dispatched 30 kW aFRR: partial, 25 % acknowledged")
 
 
 async def test_describe_verification_event(hass: HomeAssistant) -> None:

@@ -1,4 +1,4 @@
-"""Binary sensors: fleet ack-rate problem; vehicle plugged in, not following.
+"""Binary sensors: fleet ack rate; vehicle plugged in, following, responding.
 
 See docs/entities.md.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from homeassistant.components.binary_sensor import (
     BinarySensorDeviceClass,
@@ -19,9 +20,14 @@ from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.event import async_track_point_in_utc_time
 from homeassistant.util import dt as dt_util
 
-from .coordinator import V2GConfigEntry
+from .coordinator import V2GConfigEntry, V2GFleetCoordinator
 from .engine.snapshot import FleetSnapshot, VehicleSnapshot
-from .entity import V2GFleetEntity, V2GVehicleEntity, async_add_vehicle_entities
+from .entity import (
+    V2GFleetEntity,
+    V2GVehicleEntity,
+    added_by_hand,
+    async_add_vehicle_entities,
+)
 
 PARALLEL_UPDATES = 0
 
@@ -32,11 +38,21 @@ def _below_sla(data: FleetSnapshot) -> bool | None:
     return data.ack_rate_24h < data.ack_rate_sla
 
 
+def _ack_rates(data: FleetSnapshot) -> dict[str, Any]:
+    """The rate and the SLA it is held to, in % (what a notification quotes)."""
+    rate = data.ack_rate_24h
+    return {
+        "ack_rate_24h": None if rate is None else round(rate * 100.0, 1),
+        "ack_rate_sla": round(data.ack_rate_sla * 100.0, 1),
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class V2GFleetBinarySensorDescription(BinarySensorEntityDescription):
     """A binary sensor of the fleet device."""
 
     is_on_fn: Callable[[FleetSnapshot], bool | None]
+    attributes_fn: Callable[[FleetSnapshot], dict[str, Any] | None] = lambda data: None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +68,7 @@ FLEET_BINARY_SENSORS: tuple[V2GFleetBinarySensorDescription, ...] = (
         translation_key="ack_rate_problem",
         device_class=BinarySensorDeviceClass.PROBLEM,
         is_on_fn=_below_sla,
+        attributes_fn=_ack_rates,
     ),
 )
 
@@ -71,6 +88,15 @@ NOT_FOLLOWING = V2GVehicleBinarySensorDescription(
     translation_key="not_following",
     device_class=BinarySensorDeviceClass.PROBLEM,
     is_on_fn=lambda vehicle: None,
+)
+
+# On once the vehicle's last orders all timed out, until it answers again
+# (docs/entities.md#vehicle-lifecycle).
+NOT_RESPONDING = V2GVehicleBinarySensorDescription(
+    key="not_responding",
+    translation_key="not_responding",
+    device_class=BinarySensorDeviceClass.PROBLEM,
+    is_on_fn=lambda vehicle: vehicle.not_responding,
 )
 
 
@@ -94,6 +120,7 @@ async def async_setup_entry(
                 for description in VEHICLE_BINARY_SENSORS
             ),
             V2GNotFollowingBinarySensor(coordinator, NOT_FOLLOWING, vehicle_id),
+            V2GNotRespondingBinarySensor(coordinator, NOT_RESPONDING, vehicle_id),
         ],
     )
 
@@ -108,6 +135,11 @@ class V2GFleetBinarySensor(V2GFleetEntity, BinarySensorEntity):
         """Return the state from the latest fleet snapshot."""
         return self.entity_description.is_on_fn(self.coordinator.data)
 
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        """Return what the description adds (the ack rates it compares)."""
+        return self.entity_description.attributes_fn(self.coordinator.data)
+
 
 class V2GVehicleBinarySensor(V2GVehicleEntity, BinarySensorEntity):
     """A vehicle binary sensor."""
@@ -119,6 +151,38 @@ class V2GVehicleBinarySensor(V2GVehicleEntity, BinarySensorEntity):
         """Return the state from the vehicle's latest snapshot."""
         vehicle = self.vehicle
         return None if vehicle is None else self.entity_description.is_on_fn(vehicle)
+
+
+class V2GNotRespondingBinarySensor(V2GVehicleBinarySensor):
+    """On while the vehicle's last orders all timed out.
+
+    Enabled by default for the vehicles added by hand: their entities keep them
+    live however their orders fare. A discovered vehicle that falls silent goes
+    stale instead, and the fleet's *Last dispatch failures* names the ones that
+    time out.
+    """
+
+    def __init__(
+        self,
+        coordinator: V2GFleetCoordinator,
+        description: V2GVehicleBinarySensorDescription,
+        vehicle_id: str,
+    ) -> None:
+        """Create the sensor; enabled by default for a hand-added vehicle."""
+        super().__init__(coordinator, description, vehicle_id)
+        self._attr_entity_registry_enabled_default = added_by_hand(
+            coordinator, vehicle_id
+        )
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        """Return how many orders in a row timed out."""
+        vehicle = self.vehicle
+        return (
+            None
+            if vehicle is None
+            else {"timeouts_in_a_row": vehicle.timeouts_in_a_row}
+        )
 
 
 class V2GNotFollowingBinarySensor(V2GVehicleBinarySensor):

@@ -241,6 +241,16 @@ class V2GVehicleEntity(V2GEntity):
         )
 
 
+def added_by_hand(coordinator: V2GFleetCoordinator, vehicle_id: str) -> bool:
+    """Whether a vehicle comes from a config subentry (not from discovery).
+
+    Entities that change with every dispatch of every vehicle are enabled by
+    default only for these: a home has a car or two, a depot hundreds.
+    """
+    vehicle = coordinator.data.vehicles.get(vehicle_id)
+    return vehicle is not None and vehicle.subentry_id is not None
+
+
 def async_add_vehicle_entities(
     entry: V2GConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,

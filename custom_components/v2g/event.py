@@ -9,7 +9,7 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
-from .entity import V2GVehicleEntity, async_add_vehicle_entities
+from .entity import V2GVehicleEntity, added_by_hand, async_add_vehicle_entities
 from .vehicle_updates import OUTCOME_EVENT_TYPES
 
 PARALLEL_UPDATES = 0
@@ -39,12 +39,18 @@ class V2GDispatchOutcomeEvent(V2GVehicleEntity, EventEntity):
     """Fires when an order to this vehicle is acknowledged, rejected or timed out.
 
     Written when it fires and when its availability changes, never because its
-    vehicle's other values changed.
+    vehicle's other values changed. Enabled by default only for a vehicle added
+    by hand: Home Assistant's logbook shows every event entity's state, so a
+    discovered fleet would add a line per vehicle to every dispatch (the
+    dispatch's own line names the vehicles that failed, docs/entities.md).
     """
 
     def __init__(self, coordinator: V2GFleetCoordinator, vehicle_id: str) -> None:
         """Create the event entity of one vehicle."""
         super().__init__(coordinator, DISPATCH_OUTCOME, vehicle_id)
+        self._attr_entity_registry_enabled_default = added_by_hand(
+            coordinator, vehicle_id
+        )
 
     def _state_key(self) -> tuple[Any, ...]:
         # The state and attributes only change when it fires (which writes).

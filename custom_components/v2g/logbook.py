@@ -18,8 +18,9 @@ from .const import (
     EVENT_DISPATCH_COMPLETED,
     EVENT_DISPATCH_VERIFIED,
 )
+from .engine.failures import VehicleFailure, dispatch_failures
 
-# Vehicle ids named in a verification line; more are counted, not named.
+# Vehicle ids named in a dispatch or verification line; more are counted, not named.
 LOGBOOK_ID_LIMIT = 5
 
 
@@ -29,8 +30,23 @@ def _number(value: Any) -> str:
     return "?"
 
 
+def _vehicles(count: int) -> str:
+    return f"{count} vehicle" if count == 1 else f"{count} vehicles"
+
+
+def describe_failure(failure: VehicleFailure) -> str:
+    """One failed vehicle and why: `veh007 (rejected: exceeds_max_power)`."""
+    status = failure.status.replace("_", " ")
+    why = f"{status}: {failure.reason}" if failure.reason else status
+    return f"{failure.vehicle_id} ({why})"
+
+
 def describe_dispatch(data: dict[str, Any]) -> str:
-    """Return the one-line summary of a finished dispatch."""
+    """Return the one-line summary of a finished dispatch.
+
+    It names the vehicles that failed (the first `LOGBOOK_ID_LIMIT`, then `…`),
+    so the per-vehicle outcome events need no logbook lines of their own.
+    """
     signal = data.get("signal")
     signal = signal if isinstance(signal, dict) else {}
     power = data.get("requested_kw", signal.get("power_kw"))
@@ -39,14 +55,24 @@ def describe_dispatch(data: dict[str, Any]) -> str:
     placed = _placed(data)
     if status == "planned":
         return f"planned {_number(power)} kW {kind}{placed} (dry run)"
-    rate = data.get("ack_rate")
-    percent = (
-        f"{round(float(rate) * 100):d} %" if isinstance(rate, (int, float)) else "? %"
-    )
-    return (
-        f"dispatched {_number(power)} kW {kind}{placed}: {status}, "
-        f"{percent} acknowledged"
-    )
+    text = f"dispatched {_number(power)} kW {kind}{placed}: {status}, "
+    rate = data.get("ack_rate", "?")
+    if isinstance(rate, (int, float)):
+        text += f"{round(float(rate) * 100):d} % acknowledged"
+    elif rate is None:
+        # Nothing was published: nothing eligible, or every publish failed.
+        text += "no order sent"
+        excluded = data.get("excluded")
+        if isinstance(excluded, dict) and excluded:
+            text += f" ({_vehicles(len(excluded))} excluded)"
+    else:  # an event stored without its data
+        text += "? % acknowledged"
+    failures = dispatch_failures(data)
+    if failures:
+        named = ", ".join(map(describe_failure, failures[:LOGBOOK_ID_LIMIT]))
+        more = ", …" if len(failures) > LOGBOOK_ID_LIMIT else ""
+        text += f"; {_vehicles(len(failures))} failed: {named}{more}"
+    return text
 
 
 def _placed(data: dict[str, Any]) -> str:
@@ -56,10 +82,6 @@ def _placed(data: dict[str, Any]) -> str:
         return ""
     placed = _number(data.get("assigned_kw"))
     return f" ({placed} kW placed, {_number(short)} kW short)"
-
-
-def _vehicles(count: int) -> str:
-    return f"{count} vehicle" if count == 1 else f"{count} vehicles"
 
 
 def describe_verification(data: dict[str, Any]) -> str:

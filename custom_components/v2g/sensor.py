@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from homeassistant.components.sensor import (
-    DOMAIN as SENSOR_DOMAIN,
     SensorDeviceClass,
     SensorEntity,
     SensorEntityDescription,
@@ -34,6 +33,7 @@ from .const import (
     PREDICTION_OFF,
 )
 from .coordinator import V2GConfigEntry
+from .display import displayed_value
 from .engine.snapshot import FleetSnapshot, VehicleSnapshot
 from .entity import V2GFleetEntity, V2GVehicleEntity, async_add_vehicle_entities
 
@@ -46,36 +46,20 @@ def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else round(fraction * 100.0, 2)
 
 
-def _display_precision(sensor: SensorEntity) -> int | None:
-    """The decimals the frontend shows (the user's choice, else ours).
-
-    None when Home Assistant converts the value to a unit the user chose: the
-    precision then applies to the converted value, so none is assumed.
-    """
-    entry = sensor.registry_entry
-    options = entry.options.get(SENSOR_DOMAIN) if entry is not None else None
-    if options:
-        unit = options.get("unit_of_measurement")
-        if unit is not None and unit != sensor.native_unit_of_measurement:
-            return None
-        for key in ("display_precision", "suggested_display_precision"):
-            if (precision := options.get(key)) is not None:
-                return int(precision)
-    return sensor.suggested_display_precision
+def _last_failure_count(data: FleetSnapshot) -> int | None:
+    recent = data.recent_dispatches
+    return int(recent[0]["failure_count"]) if recent else None
 
 
-def displayed_value(sensor: SensorEntity, value: Any) -> Any:
-    """A sensor value as it is displayed: numbers rounded to the precision.
-
-    A state write is skipped while this stays the same (entity.py).
-    """
-    if isinstance(value, datetime):
-        # Timestamps are stated to the second (SensorEntity.state).
-        return value.astimezone(UTC).isoformat(timespec="seconds")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    precision = _display_precision(sensor)
-    return value if precision is None else round(value, precision)
+def _failure_attributes(data: FleetSnapshot) -> dict[str, Any] | None:
+    """The last dispatch's failed vehicles, and the last dispatches with theirs."""
+    if not (recent := data.recent_dispatches):
+        return None
+    return {
+        "dispatch_id": recent[0].get("dispatch_id"),
+        "failures": recent[0].get("failures", []),
+        "dispatches": list(recent),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +67,7 @@ class V2GFleetSensorDescription(SensorEntityDescription):
     """A sensor of the fleet device."""
 
     value_fn: Callable[[FleetSnapshot], StateType | datetime]
+    attributes_fn: Callable[[FleetSnapshot], dict[str, Any] | None] = lambda data: None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +152,13 @@ FLEET_SENSORS: tuple[V2GFleetSensorDescription, ...] = (
         native_unit_of_measurement=UnitOfPower.KILO_WATT,
         suggested_display_precision=1,
         value_fn=lambda data: data.last_acknowledged_kw,
+    ),
+    V2GFleetSensorDescription(
+        key="last_dispatch_failures",
+        translation_key="last_dispatch_failures",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=_last_failure_count,
+        attributes_fn=_failure_attributes,
     ),
     V2GFleetSensorDescription(
         key="dispatches",
@@ -355,11 +347,18 @@ class V2GFleetSensor(V2GFleetEntity, SensorEntity):
     """A fleet sensor."""
 
     entity_description: V2GFleetSensorDescription
+    # The dispatch log keeps them: the recorder need not keep a copy per dispatch.
+    _unrecorded_attributes = frozenset({"failures", "dispatches"})
 
     @property
     def native_value(self) -> StateType | datetime:
         """Return the value from the latest fleet snapshot."""
         return self.entity_description.value_fn(self.coordinator.data)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        """Return what the description adds (the last dispatches' failures)."""
+        return self.entity_description.attributes_fn(self.coordinator.data)
 
     def _rendered_state(self) -> Any:
         return displayed_value(self, self.native_value)

@@ -29,6 +29,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 OUTPUT_DIR = REPO_ROOT / "test-output" / "browser"
+FAILING = "veh003"
+# How the dashboard's "Last dispatches" card names a vehicle that refused.
+FAILED_LINE = f"{FAILING}: rejected (refused)"
 
 # Text of every node, shadow roots included (Lovelace cards live in shadow DOM).
 DEEP_TEXT = """() => {
@@ -45,11 +48,12 @@ DEEP_TEXT = """() => {
 }"""
 
 
-async def test_dashboard_shows_live_values(
+async def test_dashboard_shows_live_values_and_the_vehicle_that_failed(
     socket_enabled: None, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
 
+    # veh003 refuses every order; the other vehicles take its share.
     stack = DemoStack(
         tmp_path / "config",
         port=free_port(),
@@ -57,10 +61,13 @@ async def test_dashboard_shows_live_values(
         vehicles=5,
         dispatch_every=15,
         trusted_networks=True,
+        overrides=[f"{FAILING}:reject_rate=1"],
     )
     try:
         await stack.start()
-        assert stack.first_dispatch["status"] == "completed"
+        first = stack.first_dispatch
+        assert first["status"] == "completed"
+        assert first["vehicles"][FAILING]["status"] == "rejected"
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
@@ -70,7 +77,9 @@ async def test_dashboard_shows_live_values(
                 await page.goto(f"{stack.dashboard_url}/fleet")
                 await page.wait_for_selector("hui-gauge-card", timeout=90_000)
                 await page.wait_for_function(
-                    f"() => ({DEEP_TEXT})().includes('Completed')", timeout=30_000
+                    f"() => ({DEEP_TEXT})().includes('Completed')"
+                    f" && ({DEEP_TEXT})().includes('{FAILED_LINE}')",
+                    timeout=30_000,
                 )
                 fleet_text = await page.evaluate(DEEP_TEXT)
                 OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -97,6 +106,12 @@ async def test_dashboard_shows_live_values(
     assert "Unavailable" not in fleet_lines
     assert "5" in fleet_lines  # vehicles available
     assert "30.0 kW" in fleet_lines  # last requested and acknowledged power
+    # The last dispatches card: the dispatch, then the vehicle that failed and why
+    # (the fleet's "Last dispatch failures" sensor shows 1).
+    assert "1" in fleet_lines
+    dispatch = fleet_lines.index("aFRR 30.0 kW: completed, 30.0 kW acknowledged")
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", fleet_lines[dispatch - 1])  # local time
+    assert fleet_lines[dispatch + 1] == FAILED_LINE
     vehicle_lines = vehicles_text.splitlines()
     titles = [line for line in vehicle_lines if re.fullmatch(r"veh\d+", line)]
     assert len(titles) == 5  # one card per simulated vehicle

@@ -328,6 +328,7 @@ async def test_overlapping_dispatches_supersede_and_never_mix_acks(
         )
 
 
+@pytest.mark.usefixtures("outcome_events_enabled")
 async def test_stale_order_is_reported_and_not_applied(
     hass: HomeAssistant,
     make_fleet: Callable[..., FleetSimulator],

@@ -12,6 +12,11 @@ bounded to [0.1, 1.0] and starting at 1.0. A verified delivery is a sample too:
 a measured vehicle that followed its setpoint counts 1, one that did not 0
 (docs/dispatch.md#verification).
 
+A vehicle whose last `NOT_RESPONDING_TIMEOUTS` orders all timed out is *not
+responding* until it answers again (an ack or a rejection, in time or late, or
+its acknowledged 0 kW revoke or release): its entities show it as a problem and
+it is not counted as available (docs/entities.md#vehicle-lifecycle).
+
 A setpoint holds from its ack until it is replaced or its order expires. Energy is
 integrated lazily: when the setpoint changes and when `accrue(now)` is called.
 A setpoint that expired stays *unreleased* until the host sent the vehicle its
@@ -40,6 +45,8 @@ RELIABILITY_MIN = 0.1
 RELIABILITY_MAX = 1.0
 # Weight of the newest outcome: about the last ten orders matter.
 RELIABILITY_ALPHA = 0.2
+# Timeouts in a row after which a vehicle is not responding.
+NOT_RESPONDING_TIMEOUTS = 3
 STATE_VERSION = 1
 
 _SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
@@ -79,11 +86,18 @@ class VehicleStats:
     verified: int = 0
     not_following: int = 0
     last_verified_at: datetime | None = None
+    # Orders timed out since the vehicle last answered one.
+    timeouts_in_a_row: int = 0
 
     @property
     def ack_rate(self) -> float | None:
         """Acknowledged / sent, None before the first order."""
         return self.acknowledged / self.sent if self.sent else None
+
+    @property
+    def not_responding(self) -> bool:
+        """Whether its last `NOT_RESPONDING_TIMEOUTS` orders all timed out."""
+        return self.timeouts_in_a_row >= NOT_RESPONDING_TIMEOUTS
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict."""
@@ -105,6 +119,7 @@ class VehicleStats:
             "last_verified_at": None
             if self.last_verified_at is None
             else isoformat_utc(self.last_verified_at),
+            "timeouts_in_a_row": self.timeouts_in_a_row,
         }
 
     def count(
@@ -118,8 +133,17 @@ class VehicleStats:
             setattr(self, counter, getattr(self, counter) + 1)
         if latency_ms is not None:
             self.last_latency_ms = latency_ms
+        if status is OrderStatus.TIMEOUT:
+            self.timeouts_in_a_row += 1
+        elif status in _SENT:
+            self.timeouts_in_a_row = 0
         self.last_status = status
         self.last_outcome_at = at
+
+    def count_late(self) -> None:
+        """Count a late ack: the vehicle answered, after its order timed out."""
+        self.late += 1
+        self.timeouts_in_a_row = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VehicleStats:
@@ -141,6 +165,7 @@ class VehicleStats:
             verified=int(data.get("verified", 0)),
             not_following=int(data.get("not_following", 0)),
             last_verified_at=None if verified_at is None else _parse_time(verified_at),
+            timeouts_in_a_row=int(data.get("timeouts_in_a_row", 0)),
         )
 
 
@@ -523,8 +548,7 @@ class FleetState:
     def record_late(self, vehicle_id: str) -> None:
         """Count a late ack (the order's result stays unchanged)."""
         if vehicle_id in self.vehicles:
-            stats = self.stats.setdefault(vehicle_id, VehicleStats())
-            stats.late += 1
+            self.stats.setdefault(vehicle_id, VehicleStats()).count_late()
 
     # --- setpoints and energy (see `EnergyLedger`) ------------------------------
 
@@ -541,6 +565,8 @@ class FleetState:
         """0 kW acknowledged outside an allocation (revoke, release): no stats."""
         if vehicle_id in self.vehicles:
             self.energy.hold(vehicle_id, 0.0, at, None)
+            if (stats := self.stats.get(vehicle_id)) is not None:
+                stats.timeouts_in_a_row = 0
 
     @property
     def energy_discharged_kwh(self) -> dict[str, float]:

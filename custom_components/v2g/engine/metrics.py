@@ -1,10 +1,10 @@
 """Dispatch metrics: totals, the 24 h ack rate and recent ack latencies.
 
 What the fleet sensors "Dispatches", "Orders sent", "Orders acknowledged",
-"Ack rate 24 h", "Ack latency p95", "Delivered power (last dispatch)" and
-"Delivery ratio 24 h" show (docs/entities.md). Persisted in the fleet store; its
-version governs the format (no version of its own: keys added later read as
-empty).
+"Ack rate 24 h", "Ack latency p95", "Delivered power (last dispatch)", "Delivery
+ratio 24 h" and "Last dispatch failures" show (docs/entities.md). Persisted in the
+fleet store; its version governs the format (no version of its own: keys added
+later read as empty).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import math
 from typing import Any
 
+from .failures import dispatch_failures, failure_from_dict
 from .models import OrderStatus, parse_utc_time
 
 ACK_RATE_WINDOW = timedelta(hours=24)
@@ -37,12 +38,32 @@ LAST_DELIVERY_KEYS = (
     "acknowledged_kw",
     "delivery_ratio",
 )
+# The dispatches (not dry runs) summarised with their failed vehicles, newest last,
+# and how many failed vehicles each summary names (the count is complete).
+RECENT_DISPATCHES = 5
+FAILURES_LISTED = 10
 _SENT = frozenset({OrderStatus.ACKNOWLEDGED, OrderStatus.REJECTED, OrderStatus.TIMEOUT})
 
 
 def _rank(ordered: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile of sorted values."""
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def dispatch_summary(response: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished dispatch in a few keys, with the vehicles that failed (capped)."""
+    signal = response.get("signal")
+    failures = dispatch_failures(response)
+    return {
+        "dispatch_id": response.get("dispatch_id"),
+        "started_at": response.get("started_at"),
+        "signal_type": signal.get("type") if isinstance(signal, Mapping) else None,
+        "status": response.get("status"),
+        "requested_kw": response.get("requested_kw"),
+        "acknowledged_kw": response.get("acknowledged_kw"),
+        "failure_count": len(failures),
+        "failures": [failure.as_dict() for failure in failures[:FAILURES_LISTED]],
+    }
 
 
 @dataclass(slots=True)
@@ -63,12 +84,17 @@ class DispatchMetrics:
     # |acknowledged kW|) of the verified dispatches (docs/dispatch.md#verification)
     delivery_window: deque[tuple[float, float, float]] = field(default_factory=deque)
     last_delivery: dict[str, Any] | None = None
+    # `dispatch_summary` of the last dispatches (dry runs excluded), oldest first.
+    recent: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_DISPATCHES)
+    )
 
     def record(self, response: Mapping[str, Any], now: datetime) -> None:
         """Account a finished dispatch response (dry runs only update ``last``)."""
         self.last = {key: response.get(key) for key in LAST_DISPATCH_KEYS}
         if response.get("status") == "planned":
             return
+        self.recent.append(dispatch_summary(response))
         sent = acked = failed = 0
         for round_name in ("vehicles", "fallback"):
             outcomes = response.get(round_name)
@@ -160,6 +186,7 @@ class DispatchMetrics:
             "last": self.last,
             "delivery_window": [list(item) for item in self.delivery_window],
             "last_delivery": self.last_delivery,
+            "recent": list(self.recent),
         }
 
     @classmethod
@@ -203,4 +230,24 @@ class DispatchMetrics:
         metrics.last_delivery = (
             dict(delivery) if isinstance(delivery, Mapping) else None
         )
+        recent = data.get("recent")
+        if isinstance(recent, list):
+            metrics.recent.extend(
+                _summary_from_dict(item) for item in recent if isinstance(item, Mapping)
+            )
         return metrics
+
+
+def _summary_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored `dispatch_summary`, its failures checked (unreadable ones dropped)."""
+    raw = data.get("failures")
+    read = (failure_from_dict(item) for item in raw) if isinstance(raw, list) else ()
+    failures = [failure.as_dict() for failure in read if failure is not None]
+    count = data.get("failure_count")
+    return {
+        **data,
+        "failure_count": max(count, len(failures))
+        if isinstance(count, int) and not isinstance(count, bool)
+        else len(failures),
+        "failures": failures[:FAILURES_LISTED],
+    }

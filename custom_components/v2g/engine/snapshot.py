@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .eligibility import SafetySettings, evaluate_eligibility
-from .fleet import FleetState
+from .fleet import NOT_RESPONDING_TIMEOUTS, FleetState
 from .kpi import co2_avoided_g
 from .limits import PowerLimits
 from .metrics import DispatchMetrics
@@ -51,6 +51,13 @@ class VehicleSnapshot:
     deviating_since: datetime | None = None
     learned_charge_kw: float | None = None
     learned_discharge_kw: float | None = None
+    # Orders timed out since it last answered one (engine/fleet.py).
+    timeouts_in_a_row: int = 0
+
+    @property
+    def not_responding(self) -> bool:
+        """Whether its last orders all timed out (`NOT_RESPONDING_TIMEOUTS`)."""
+        return self.timeouts_in_a_row >= NOT_RESPONDING_TIMEOUTS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +83,9 @@ class FleetSnapshot:
     ack_latency_p95_ms: float | None = None
     last_delivered_kw: float | None = None
     delivery_ratio_24h: float | None = None
+    # The last dispatches (dry runs excluded) with their failed vehicles, newest
+    # first (`metrics.dispatch_summary`).
+    recent_dispatches: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +122,9 @@ class SnapshotBuilder:
         """The snapshot, `STEP_SIZE` vehicles per step.
 
         The vehicles are listed first; one that arrives meanwhile is in the next
-        snapshot. The cache is replaced when the vehicles are done.
+        snapshot. The cache is replaced when the vehicles are done. Vehicles that
+        are stale or not responding are not counted as available (nor in the
+        flexibility).
         """
         now = inputs.now
         fleet.accrue(now)
@@ -125,7 +137,8 @@ class SnapshotBuilder:
         for chunk in chunks(list(fleet.vehicles.items())):
             for vehicle_id, vehicle in chunk:
                 is_stale = vehicle_id in inputs.stale
-                if not is_stale:
+                stats = fleet.stats.get(vehicle_id)
+                if not is_stale and (stats is None or not stats.not_responding):
                     live.append(vehicle)
                 since = self._deviation(fleet, vehicle_id, setpoints, now)
                 if since is not None:
@@ -170,6 +183,7 @@ class SnapshotBuilder:
             ack_latency_p95_ms=metrics.latency_p95(),
             last_delivered_kw=delivery.get("delivered_kw"),
             delivery_ratio_24h=metrics.delivery_ratio_24h(now),
+            recent_dispatches=tuple(reversed(metrics.recent)),
         )
 
     def _deviation(
@@ -228,6 +242,7 @@ def _vehicle_values(
         deviating_since,
         None if limits is None else limits.charge_kw,
         None if limits is None else limits.discharge_kw,
+        0 if stats is None else stats.timeouts_in_a_row,
     )
 
 
