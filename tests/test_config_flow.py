@@ -873,6 +873,22 @@ async def _start_vehicle_flow(hass: HomeAssistant, entry: MockConfigEntry) -> An
     return result
 
 
+async def test_vehicle_pickers_list_what_fits(
+    hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock
+) -> None:
+    entry = await _create_entry(hass)
+    result = await _start_vehicle_flow(hass, entry)
+    fields = {str(key): value for key, value in result["data_schema"].schema.items()}
+    assert fields["soc_entity"].config["filter"] == [
+        {"domain": ["sensor"], "device_class": ["battery"]},
+        {"domain": ["number", "input_number"]},
+    ]
+    assert fields["plugged_entity"].config["filter"][0] == {
+        "domain": ["binary_sensor"],
+        "device_class": ["plug"],
+    }
+
+
 async def test_vehicle_add(
     hass: HomeAssistant, mqtt_mock: MqttMockHAClient, mock_setup_entry: AsyncMock
 ) -> None:

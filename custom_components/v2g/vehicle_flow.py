@@ -66,12 +66,22 @@ def _vehicle_schema(*, vehicle_id: str | None) -> FormSchema:
             vol.Required(
                 CONF_IS_V2G, default=DEFAULT_VEHICLE_IS_V2G
             ): BooleanSelector(),
+            # Pickers list what fits: battery sensors (or a number holding the
+            # SoC), plug binary sensors (or a boolean / switch).
             vol.Optional(CONF_SOC_ENTITY): EntitySelector(
-                EntitySelectorConfig(domain=["sensor", "number", "input_number"])
+                EntitySelectorConfig(
+                    filter=[
+                        {"domain": "sensor", "device_class": "battery"},
+                        {"domain": ["number", "input_number"]},
+                    ]
+                )
             ),
             vol.Optional(CONF_PLUGGED_ENTITY): EntitySelector(
                 EntitySelectorConfig(
-                    domain=["binary_sensor", "input_boolean", "switch"]
+                    filter=[
+                        {"domain": "binary_sensor", "device_class": "plug"},
+                        {"domain": ["input_boolean", "switch"]},
+                    ]
                 )
             ),
         }
