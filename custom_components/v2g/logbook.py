@@ -78,7 +78,9 @@ def describe_dispatch(data: dict[str, Any]) -> str:
 def _placed(data: dict[str, Any]) -> str:
     """What the fleet could take of a request larger than it (docs/actions.md)."""
     short = data.get("shortfall_kw")
-    if not isinstance(short, (int, float)) or short <= 0:
+    assigned = data.get("assigned_kw")
+    # Nothing placed at all: "no order sent" and the exclusions say it.
+    if not isinstance(short, (int, float)) or short <= 0 or not assigned:
         return ""
     placed = _number(data.get("assigned_kw"))
     return f" ({placed} kW placed, {_number(short)} kW short)"
