@@ -52,6 +52,7 @@ from .harness import (
     HarnessError,
     HassHarness,
     LoopBlockMonitor,
+    LoopStepTracer,
     median,
     simulator_process,
 )
@@ -74,6 +75,8 @@ QUICK_SIZES = (5,)
 DEFAULT_REPEAT = 10  # default-path runs per phase kind (split over its two phases)
 DEFAULT_VERIFY_REPEAT = 5
 GATEWAY_SIZE = 500
+# The verification's task (verification.py), as the loop tracer labels its steps.
+VERIFY_TASK = "DeliveryVerifier._async_verify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +450,28 @@ async def _measure(
             f" loop block {run.max_block_ms:.0f} ms)"
         )
     row["verify"] = _summarise_verify(verified)
+    row["verify"].update(await _trace_verification(scenario))
     return every + verified
+
+
+async def _trace_verification(scenario: DeliveryScenario) -> dict[str, Any]:
+    """One more ``verify: true`` dispatch with every event-loop step timed.
+
+    The steps of the verification's task are its own time on the loop (the same
+    work as after a dispatch without ``verify``); the timing adds a little to
+    every step, so this run is not one of the timed ones.
+    """
+    await _settle(scenario)
+    with LoopStepTracer(threshold_s=0.0) as tracer:
+        await scenario.async_timed_dispatch(verify=True)
+    steps = [step.seconds for step in tracer.steps if VERIFY_TASK in step.label]
+    if not steps:
+        return {"verification_loop_ms": None}
+    return {
+        "verification_loop_ms": sum(steps) * 1000.0,
+        "verification_steps": len(steps),
+        "verification_longest_step_ms": max(steps) * 1000.0,
+    }
 
 
 async def run_section(

@@ -138,6 +138,9 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     assert verify["following"] == QUICK_SIZE
     # ``verify: true`` waits for the window (2 s) before it returns.
     assert verify["response_p50_s"] >= 2.0
+    # The traced dispatch found the verification's task on the loop.
+    assert verify["verification_steps"] >= 1
+    _positive(verify, "verification_loop_ms", "verification_longest_step_ms")
 
     names = [item["target"] for item in results["targets"]]
     assert any("HA floor" in name for name in names)
@@ -315,6 +318,9 @@ def test_delivery_section_alone() -> None:
             "unmeasured_max": 2,
             "following": 998,
             "following_max": 1000,
+            "verification_loop_ms": 61.25,
+            "verification_steps": 12,
+            "verification_longest_step_ms": 9.5,
         },
         "all_acknowledged": True,
     }
@@ -337,7 +343,7 @@ def test_delivery_section_alone() -> None:
     ) in markdown
     assert (
         "| per-vehicle 1,000 | 2.600 / 3.100 | 1,000.0 | 990.0 | 0.980–1.000"
-        " | 998–1,000 | 0–2 | 998–1,000 | 40 (GC 5) | 20 |"
+        " | 998–1,000 | 0–2 | 998–1,000 | 40 (GC 5) | 20 | 61.2 (12, 9.5) |"
     ) in markdown
     assert "(1 timed run after one warm-up" in markdown
     assert "- gateway 1,000: not measured (boom)." in markdown
