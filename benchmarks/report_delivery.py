@@ -90,7 +90,9 @@ def delivery_lines(results: Mapping[str, Any]) -> list[str]:
         " verification during the runs, *off*); the phases alternate (on, off, on,"
         " off; each a reload of the entry),"
         f" {_runs(meta.get('repeat'))} per kind. *Met by a verification*:"
-        " the runs during which a `v2g_dispatch_verified` event fired.",
+        " the runs during which a `v2g_dispatch_verified` event fired, their"
+        " median and the others' (a longer run is likelier to meet one, so the"
+        " gap is an upper bound of the verification's cost).",
         "",
     ]
     lines += _table(

@@ -7,8 +7,9 @@
 Order: the engine benchmark (before Home Assistant boots), then one mosquitto, the
 floors' peer (a fleet simulator) and the bare paho client (its own process), one
 in-process Home Assistant with the MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
-integration runs alternating; then the memory run; last the vehicles controlled
-through Home Assistant (`input_number` chargers, no MQTT vehicle). The exit status
+integration runs alternating; then the memory run; the vehicles controlled
+through Home Assistant (`input_number` chargers, no MQTT vehicle); last the
+delivery verification (fleets pushing telemetry, bench_delivery.py). The exit status
 is 1 when a section could not run or a dispatch did not acknowledge every order.
 """
 
