@@ -238,10 +238,14 @@ def simulator_process(
     log_path: Path,
     gateway_size: int = 0,
     topics: dict[str, str] | None = None,
+    *,
+    telemetry_interval_s: float | None = None,
 ) -> HelperProcess:
     """The fleet simulator: shared connection, immediate acks, no telemetry push.
 
     ``topics``: topic options (``--command-topic`` …) other than the defaults.
+    ``telemetry_interval_s``: push every vehicle's telemetry (``power_kw`` …) on
+    its state topic this often (the delivery section verifies with it).
     """
     argv = [
         sys.executable,
@@ -268,6 +272,8 @@ def simulator_process(
         argv += ["--gateway-size", str(gateway_size)]
     for option, topic in (topics or {}).items():
         argv += [option, topic]
+    if telemetry_interval_s is not None:
+        argv += ["--telemetry-push", "--telemetry-interval", f"{telemetry_interval_s}"]
     return HelperProcess(
         name=f"simulator {prefix}",
         argv=argv,

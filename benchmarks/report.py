@@ -495,7 +495,7 @@ def _controlled_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "delivery")
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -549,6 +549,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += _loop_memory_lines(results, per_vehicle, gateway)
     if "controlled" in run:
         lines += _controlled_lines(results)
+    if "delivery" in run:
+        # Imported here: report_delivery imports this module's helpers.
+        from .report_delivery import delivery_lines
+
+        lines += delivery_lines(results)
     lines += ["", "## Targets", ""]
     lines += _table(
         ["target", "measured", "result", "note"],

@@ -7,8 +7,9 @@
 Order: the engine benchmark (before Home Assistant boots), then one mosquitto, the
 floors' peer (a fleet simulator) and the bare paho client (its own process), one
 in-process Home Assistant with the MQTT entry; per fleet size a fresh V2G entry and simulated fleet, with floor and
-integration runs alternating; then the memory run; last the vehicles controlled
-through Home Assistant (`input_number` chargers, no MQTT vehicle). The exit status
+integration runs alternating; then the memory run; the vehicles controlled
+through Home Assistant (`input_number` chargers, no MQTT vehicle); last the
+delivery verification (fleets pushing telemetry, bench_delivery.py). The exit status
 is 1 when a section could not run or a dispatch did not acknowledge every order.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 import gc
 import json
@@ -33,6 +34,7 @@ import traceback
 from types import FrameType
 from typing import Any
 
+from . import bench_delivery
 from .bench_controlled import CONTROLLED_VEHICLES, MAX_CONTROLLED_VEHICLES
 from .harness import (
     REPO_ROOT,
@@ -49,7 +51,7 @@ from .harness import (
 )
 from .report import evaluate_targets, render_markdown
 
-SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "delivery")
 # The sections that need the floors' helper processes (peer simulator, bare paho).
 FLOOR_SECTIONS = ("per_vehicle", "gateway")
 DEFAULT_SIZES = (100, 1_000, 10_000)
@@ -79,6 +81,9 @@ class Options:
     trace_loop: bool = False
     controlled_vehicles: int = CONTROLLED_VEHICLES
     controlled_repeat: int = DEFAULT_CONTROLLED_REPEAT
+    delivery: bench_delivery.DeliveryOptions = field(
+        default_factory=bench_delivery.DeliveryOptions
+    )
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -150,6 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         type=int,
         help="vehicles of the controlled section (input_number chargers; default 50)",
     )
+    bench_delivery.add_arguments(parser)
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     engine_sizes = args.engine_sizes or (
@@ -183,6 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         trace_loop=args.trace_loop,
         controlled_vehicles=controlled_vehicles,
         controlled_repeat=controlled_repeat,
+        delivery=bench_delivery.options_from(args, quick=args.quick),
     )
 
 
@@ -543,11 +550,15 @@ async def _run_sections_without_floor(
     results: dict[str, Any],
     log_dir: Path,
 ) -> None:
-    """The memory run, then the vehicles controlled through Home Assistant."""
+    """The memory run, the vehicles controlled through Home Assistant, delivery."""
     if "memory" in options.sections:
         await run_memory(harness, broker_port, options, results, log_dir)
     if "controlled" in options.sections:
         await run_controlled(harness, options, results)
+    if "delivery" in options.sections:
+        await bench_delivery.run_section(
+            harness, broker_port, options.delivery, results, log_dir, say
+        )
 
 
 def _new_harness(options: Options, broker_port: int, log_dir: Path) -> HassHarness:
@@ -679,6 +690,7 @@ def new_results(options: Options) -> dict[str, Any]:
         "gateway": [],
         "memory": None,
         "controlled": [],
+        "delivery": [],
         "targets": [],
         "problems": [],
         "section_errors": [],
@@ -761,7 +773,7 @@ def _main(options: Options) -> int:
     say(f"wrote {json_path} and {md_path}")
     failed = bool(results["section_errors"]) or any(
         not row.get("all_acknowledged", False)
-        for mode in ("per_vehicle", "gateway", "controlled")
+        for mode in ("per_vehicle", "gateway", "controlled", "delivery")
         for row in results[mode]
     )
     return 1 if failed else 0

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from benchmarks.report import engine_row_fields, evaluate_targets, render_markdown
+from benchmarks.run import parse_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK_SIZE = 5
@@ -122,6 +123,25 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     assert delayed["response_p50_s"] >= 0.5
     assert delayed["writes_by_kind"]["sensor.bench_charger_#_power"] == QUICK_SIZE
 
+    (delivery,) = results["delivery"]
+    assert (delivery["mode"], delivery["vehicles"]) == ("per_vehicle", QUICK_SIZE)
+    assert delivery["all_acknowledged"] is True, delivery
+    for phase in ("verification_on", "verification_off"):
+        _positive(delivery[phase], "response_p50_s", "response_max_s")
+    assert delivery["verification_off"]["verifications_during_runs"] == 0
+    verify = delivery["verify"]
+    # The simulator does what it acknowledges, and its telemetry says so.
+    assert verify["acknowledged_kw"] == QUICK_SIZE * 1.0
+    assert verify["delivered_kw"] == verify["acknowledged_kw"]
+    assert verify["delivery_ratio"] == 1.0
+    assert (verify["measured"], verify["unmeasured"]) == (QUICK_SIZE, 0)
+    assert verify["following"] == QUICK_SIZE
+    # ``verify: true`` waits for the window (2 s) before it returns.
+    assert verify["response_p50_s"] >= 2.0
+    # The traced dispatch found the verification's task on the loop.
+    assert verify["verification_steps"] >= 1
+    _positive(verify, "verification_loop_ms", "verification_longest_step_ms")
+
     names = [item["target"] for item in results["targets"]]
     assert any("HA floor" in name for name in names)
     assert any("bare paho" in name for name in names)
@@ -136,6 +156,7 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
         "## 3. Engine only",
         "## 4. Event loop, memory, state writes",
         "## 5. Vehicles controlled through Home Assistant",
+        "## 6. Delivery verification",
         "## Targets",
     ):
         assert heading in markdown
@@ -235,3 +256,94 @@ def test_controlled_targets_and_a_run_of_one_section() -> None:
         "not measured",
         "not measured",
     ]
+
+
+def test_delivery_section_alone() -> None:
+    """Its options, and its tables when it is the only section run."""
+    options = parse_args(
+        [
+            "--only",
+            "delivery",
+            "--delivery-sizes",
+            "1000,200",
+            "--delivery-gateway-sizes",
+            "none",
+            "--repeat",
+            "6",
+        ]
+    )
+    assert options.sections == ("delivery",)
+    assert options.delivery.cases == [("per_vehicle", 200), ("per_vehicle", 1000)]
+    assert (options.delivery.repeat, options.delivery.verify_repeat) == (6, 6)
+    default = parse_args([]).delivery
+    assert default.cases == [
+        ("per_vehicle", 200),
+        ("per_vehicle", 1000),
+        ("gateway", 1000),
+    ]
+    quick = parse_args(["--quick"]).delivery
+    assert (quick.cases, quick.fill) == ([("per_vehicle", QUICK_SIZE)], False)
+
+    phase = {
+        "runs_s": [0.5, 0.7, 0.6, 0.4],
+        "response_p50_s": 0.55,
+        "response_max_s": 0.7,
+        "max_block_ms": 40.0,
+        "max_gc_ms": 5.0,
+    }
+    row = {
+        "mode": "per_vehicle",
+        "vehicles": 1000,
+        "verification_on": {
+            **phase,
+            "runs_with_verification": 2,
+            "with_verification_p50_s": 0.65,
+            "without_verification_p50_s": 0.45,
+        },
+        "verification_off": {**phase, "response_p50_s": 0.5},
+        "cost_p50_s": 0.05,
+        "cost_p50_pct": 10.0,
+        "telemetry_only_max_block_ms": 20.0,
+        "verify": {
+            **phase,
+            "response_p50_s": 2.6,
+            "response_max_s": 3.1,
+            "acknowledged_kw": 1000.0,
+            "delivered_kw": 990.0,
+            "delivery_ratio_min": 0.98,
+            "delivery_ratio_max": 1.0,
+            "measured": 998,
+            "measured_max": 1000,
+            "unmeasured": 0,
+            "unmeasured_max": 2,
+            "following": 998,
+            "following_max": 1000,
+            "verification_loop_ms": 61.25,
+            "verification_steps": 12,
+            "verification_longest_step_ms": 9.5,
+        },
+        "all_acknowledged": True,
+    }
+    results: dict[str, Any] = {
+        "meta": {
+            "sections": ["delivery"],
+            "delivery": {"repeat": 4, "verify_repeat": 1, "telemetry_interval_s": 1.0},
+        },
+        "delivery": [row, {"mode": "gateway", "vehicles": 1000, "error": "boom"}],
+        "problems": [],
+    }
+    assert evaluate_targets(results) == []  # the section has no target
+    markdown = render_markdown({**results, "targets": []})
+    assert "## 6. Delivery verification" in markdown
+    assert "## 1. Per-vehicle mode" not in markdown
+    assert "## 5. Vehicles controlled" not in markdown
+    assert (
+        "| per-vehicle 1,000 | 0.550 / 0.700 | 0.500 / 0.700 | +50 ms (+10 %)"
+        " | 2 of 4: p50 0.650 s (others 0.450 s) | 40 (GC 5) | 40 (GC 5) | yes |"
+    ) in markdown
+    assert (
+        "| per-vehicle 1,000 | 2.600 / 3.100 | 1,000.0 | 990.0 | 0.980–1.000"
+        " | 998–1,000 | 0–2 | 998–1,000 | 40 (GC 5) | 20 | 61.2 (12, 9.5) |"
+    ) in markdown
+    assert "(1 timed run after one warm-up" in markdown
+    assert "- gateway 1,000: not measured (boom)." in markdown
