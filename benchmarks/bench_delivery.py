@@ -450,24 +450,27 @@ async def _measure(
             f" loop block {run.max_block_ms:.0f} ms)"
         )
     row["verify"] = _summarise_verify(verified)
-    row["verify"].update(await _trace_verification(scenario))
-    return every + verified
+    traced, loop_time = await _trace_verification(scenario)
+    row["verify"].update(loop_time)
+    return [*every, *verified, traced]
 
 
-async def _trace_verification(scenario: DeliveryScenario) -> dict[str, Any]:
+async def _trace_verification(
+    scenario: DeliveryScenario,
+) -> tuple[DeliveryRun, dict[str, Any]]:
     """One more ``verify: true`` dispatch with every event-loop step timed.
 
     The steps of the verification's task are its own time on the loop (the same
     work as after a dispatch without ``verify``); the timing adds a little to
-    every step, so this run is not one of the timed ones.
+    every step, so this run is not one of the timed ones (only checked).
     """
     await _settle(scenario)
     with LoopStepTracer(threshold_s=0.0) as tracer:
-        await scenario.async_timed_dispatch(verify=True)
+        run = await scenario.async_timed_dispatch(verify=True)
     steps = [step.seconds for step in tracer.steps if VERIFY_TASK in step.label]
     if not steps:
-        return {"verification_loop_ms": None}
-    return {
+        return run, {"verification_loop_ms": None}
+    return run, {
         "verification_loop_ms": sum(steps) * 1000.0,
         "verification_steps": len(steps),
         "verification_longest_step_ms": max(steps) * 1000.0,
