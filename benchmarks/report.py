@@ -495,7 +495,7 @@ def _controlled_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "depot")
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -549,6 +549,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += _loop_memory_lines(results, per_vehicle, gateway)
     if "controlled" in run:
         lines += _controlled_lines(results)
+    if "depot" in run:
+        lines += render_depot(results.get("depot") or [])
     lines += ["", "## Targets", ""]
     lines += _table(
         ["target", "measured", "result", "note"],
@@ -655,4 +657,99 @@ def _gateway_lines(gateway: Sequence[Mapping[str, Any]]) -> list[str]:
             for row in gateway
         ],
     )
+    return lines
+
+
+# --- depots (benchmarks/bench_depot.py) -----------------------------------------
+PROFILE_TEXT = {
+    "tuned": "tuned (`max_queued_messages 100000`, `max_inflight_messages 0`)",
+    "stock": "stock (mosquitto's defaults: 20 in flight, 1,000 queued)",
+    "addon": "Mosquitto add-on (`max_queued_messages 8192`, 20 in flight)",
+}
+MODE_TEXT = {
+    "per_vehicle": "per-vehicle",
+    "gateway": "gateway",
+    "gateway_per_vehicle_discovery": "gateway, per-vehicle discovery answers",
+}
+
+
+def _count(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_depot(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The depot table: sent, received and dropped at each step."""
+    lines = [
+        "",
+        "## Depots on the brokers people run (issue 16)",
+        "",
+        "Per broker (each a fresh mosquitto 2.0 on loopback publishing `$SYS` every"
+        " second, the MQTT entry pointed at it), mode and size: the entry's own"
+        " discovery request at setup, then `v2g.discover`; a dispatch to every known"
+        " vehicle (aFRR, equal, 1 kW each, ack timeout 30 s); the delivery"
+        " verification's telemetry poll (pull mode). *known*: vehicles Home"
+        " Assistant knows after discovery / vehicles in the fleet; *announced*:"
+        " vehicles the fleet announced in its discovery answers (over both"
+        " requests, when it answered both); *acked*: first-round orders acknowledged"
+        " / ordered; *telemetry*: poll answers Home Assistant received / the fleet"
+        " sent; *dropped*: the broker's `$SYS/broker/publish/messages/dropped`"
+        " growth during the scenario (discovery + the rest).",
+        "",
+    ]
+    headers = [
+        "broker",
+        "mode",
+        "vehicles",
+        "known",
+        "announced (messages)",
+        "discovery (s)",
+        "acked",
+        "dispatch (s)",
+        "telemetry",
+        "unmeasured",
+        "dropped",
+        "repair issues",
+    ]
+    table = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * 2 + "---:|" * (len(headers) - 3) + "---|",
+    ]
+    for row in rows:
+        sim = row.get("simulator") or {}
+        messages = sim.get("gateway_discovery_messages") or sim.get("discovery_answers")
+        if "error" in row:
+            cells = [
+                PROFILE_TEXT.get(row["profile"], row["profile"]).split(" (")[0],
+                MODE_TEXT.get(row["mode"], row["mode"]),
+                _count(row["vehicles"]),
+                f"error: {row['error']}",
+            ] + [""] * (len(headers) - 4)
+        else:
+            cells = [
+                PROFILE_TEXT.get(row["profile"], row["profile"]).split(" (")[0],
+                MODE_TEXT.get(row["mode"], row["mode"]),
+                _count(row["vehicles"]),
+                _count(row.get("known_after_discovery")),
+                f"{_count(sim.get('discovery_answers'))} ({_count(messages)})",
+                _count(row.get("discovery_s")),
+                f"{_count(row.get('acknowledged'))} / {_count(row.get('orders'))}",
+                _count(row.get("dispatch_s")),
+                f"{_count(row.get('telemetry_received'))} / {_count(sim.get('telemetry_sent'))}",
+                _count(row.get("unmeasured")),
+                f"{_count(row.get('dropped_discovery'))} + "
+                f"{_count(row.get('dropped_dispatch_and_telemetry'))}",
+                ", ".join(row.get("issues") or []) or "none",
+            ]
+        table.append("| " + " | ".join(cells) + " |")
+    lines += table
+    lines += ["", "Brokers:", ""]
+    lines += [
+        f"- {PROFILE_TEXT[profile]}"
+        for profile in PROFILE_TEXT
+        if any(row["profile"] == profile for row in rows)
+    ]
     return lines

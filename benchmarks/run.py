@@ -34,6 +34,11 @@ from types import FrameType
 from typing import Any
 
 from .bench_controlled import CONTROLLED_VEHICLES, MAX_CONTROLLED_VEHICLES
+from .bench_depot import (
+    DEFAULT_SIZES as DEPOT_SIZES,
+    MODES as DEPOT_MODES,
+    PROFILES as DEPOT_PROFILES,
+)
 from .harness import (
     REPO_ROOT,
     HarnessError,
@@ -49,7 +54,7 @@ from .harness import (
 )
 from .report import evaluate_targets, render_markdown
 
-SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled")
+SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "depot")
 # The sections that need the floors' helper processes (peer simulator, bare paho).
 FLOOR_SECTIONS = ("per_vehicle", "gateway")
 DEFAULT_SIZES = (100, 1_000, 10_000)
@@ -79,6 +84,9 @@ class Options:
     trace_loop: bool = False
     controlled_vehicles: int = CONTROLLED_VEHICLES
     controlled_repeat: int = DEFAULT_CONTROLLED_REPEAT
+    brokers: tuple[str, ...] = DEPOT_PROFILES
+    depot_modes: tuple[str, ...] = DEPOT_MODES
+    depot_sizes: tuple[int, ...] = DEPOT_SIZES
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -89,6 +97,18 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(size <= 0 for size in sizes):
         raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
     return sizes
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not chosen or any(part not in allowed for part in chosen):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)}"
+            )
+        return chosen
+
+    return parse
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -150,6 +170,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         type=int,
         help="vehicles of the controlled section (input_number chargers; default 50)",
     )
+    parser.add_argument(
+        "--brokers",
+        type=_choices(DEPOT_PROFILES),
+        default=DEPOT_PROFILES,
+        help="depot section: broker limits (tests/mqtt_broker.py) to measure",
+    )
+    parser.add_argument(
+        "--depot-modes",
+        type=_choices(DEPOT_MODES),
+        default=DEPOT_MODES,
+        help=f"depot section: any of {','.join(DEPOT_MODES)}",
+    )
+    parser.add_argument(
+        "--depot-sizes",
+        type=_sizes,
+        help="depot section: fleet sizes (default 1000,5000,10000; --quick: 5)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     engine_sizes = args.engine_sizes or (
@@ -183,6 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         trace_loop=args.trace_loop,
         controlled_vehicles=controlled_vehicles,
         controlled_repeat=controlled_repeat,
+        brokers=args.brokers,
+        depot_modes=args.depot_modes,
+        depot_sizes=args.depot_sizes or (QUICK_SIZES if args.quick else DEPOT_SIZES),
     )
 
 
@@ -543,11 +583,41 @@ async def _run_sections_without_floor(
     results: dict[str, Any],
     log_dir: Path,
 ) -> None:
-    """The memory run, then the vehicles controlled through Home Assistant."""
+    """The memory run, the vehicles controlled through Home Assistant, the depots."""
     if "memory" in options.sections:
         await run_memory(harness, broker_port, options, results, log_dir)
     if "controlled" in options.sections:
         await run_controlled(harness, options, results)
+    if "depot" in options.sections:
+        await run_depot_section(harness, options, results, log_dir)
+
+
+async def run_depot_section(
+    harness: HassHarness, options: Options, results: dict[str, Any], log_dir: Path
+) -> None:
+    """Depots on tuned, stock and add-on brokers (last: it switches brokers)."""
+    from .bench_depot import run_depot
+
+    try:
+        results["depot"] = await run_depot(
+            harness,
+            options.brokers,
+            options.depot_modes,
+            options.depot_sizes,
+            log_dir,
+            new_broker,
+            say,
+        )
+    except Exception as err:  # noqa: BLE001 - reported in the results
+        traceback.print_exc()
+        results["problems"].append(f"depot: {type(err).__name__}: {err}")
+        results["section_errors"].append("depot")
+        return
+    results["problems"].extend(
+        f"depot {row['profile']} {row['mode']} {row['vehicles']}: {row['error']}"
+        for row in results["depot"]
+        if "error" in row
+    )
 
 
 def _new_harness(options: Options, broker_port: int, log_dir: Path) -> HassHarness:
@@ -673,12 +743,16 @@ def new_results(options: Options) -> dict[str, Any]:
             "qos": 1,
             "controlled_vehicles": options.controlled_vehicles,
             "controlled_repeat": options.controlled_repeat,
+            "brokers": list(options.brokers),
+            "depot_modes": list(options.depot_modes),
+            "depot_sizes": list(options.depot_sizes),
         },
         "engine": None,
         "per_vehicle": [],
         "gateway": [],
         "memory": None,
         "controlled": [],
+        "depot": [],
         "targets": [],
         "problems": [],
         "section_errors": [],
