@@ -203,8 +203,10 @@ class DepotScenario:
         started = time.perf_counter()
         async with LoopBlockMonitor() as monitor:
             # As Home Assistant starting with the fleet there: the entry's own
-            # request once subscribed, and an operator's `v2g.discover`.
+            # request once subscribed, and an operator's `v2g.discover` a second
+            # later (which joins the first while its answers still arrive).
             await hass.config_entries.async_reload(self.entry.entry_id)
+            await asyncio.sleep(1.0)
             await hass.services.async_call(
                 DOMAIN,
                 "discover",

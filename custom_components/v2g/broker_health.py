@@ -7,9 +7,13 @@ followed, each raising a repair issue that says what was lost and which broker
 settings to raise (docs/protocol.md#broker-health, README "Depot set-up"):
 
 * ``dropped_messages``: the broker's own count,
-  ``$SYS/broker/publish/messages/dropped`` (mosquitto publishes it every
-  ``sys_interval``, 10 s by default), grew while the fleet follows it. The
-  issue goes when the broker restarts (its count starts again from 0);
+  ``$SYS/broker/publish/messages/dropped`` (mosquitto publishes it, retained,
+  when it changed, at most every ``sys_interval``, 10 s by default), grew while
+  the fleet follows it. A count published during a flood may itself be dropped
+  on its way to Home Assistant (it is QoS 0): the subscription is renewed a
+  while after each burst (discovery round, large dispatch), which makes the
+  broker send its current count again. The issue goes when the broker restarts
+  (its count starts again from 0);
 * ``fleet_shrank``: a discovery round (fleet_input.py) answered by clearly
   fewer vehicles than were heard from just before it; goes with the next round
   that is whole again;
@@ -29,6 +33,7 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import ATTR_CONFIG_ENTRY_ID
 from homeassistant.core import CALLBACK_TYPE, Event, HomeAssistant, callback
 from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.event import async_call_later
 from homeassistant.util import dt as dt_util
 from homeassistant.util.hass_dict import HassKey
 
@@ -50,6 +55,9 @@ SHRINK_MIN_MISSING = 10
 # more than this share of its orders timed out.
 BURST_MIN_ORDERS = 50
 MISSING_ACKS_RATIO = 0.1
+# The broker's count is asked again this long after a burst (more than
+# mosquitto's default sys_interval, 10 s).
+RECOUNT_AFTER_BURST_S = 15.0
 
 DATA_BROKER_HEALTH: HassKey[dict[str, BrokerHealth]] = HassKey(
     f"{DOMAIN}_broker_health"
@@ -93,6 +101,8 @@ class BrokerHealth:
         self._is_controlled = is_controlled
         self._monotonic = monotonic
         self._unsubs: list[CALLBACK_TYPE] = []
+        self._unsub_count: CALLBACK_TYPE | None = None
+        self._cancel_recount: CALLBACK_TYPE | None = None
         self.dropped = DroppedCount()
         self.last_round: dict[str, Any] | None = None
         self.last_burst: dict[str, Any] | None = None
@@ -116,11 +126,32 @@ class BrokerHealth:
                 event_filter=self._own_dispatch,
             )
         )
-        # QoS 0: the count is published again every sys_interval.
-        self._unsubs.append(
-            await mqtt.async_subscribe(
-                hass, SYS_DROPPED_TOPIC, self._dropped_count, qos=0, encoding=None
+        await self._async_follow_count()
+
+    async def _async_follow_count(self) -> None:
+        """(Re)subscribe to the broker's count: it sends its retained value."""
+        unsub = await mqtt.async_subscribe(
+            self._hass, SYS_DROPPED_TOPIC, self._dropped_count, qos=0, encoding=None
+        )
+        previous, self._unsub_count = self._unsub_count, unsub
+        if previous is not None:
+            previous()
+
+    @callback
+    def _recount_later(self) -> None:
+        """Ask for the broker's count again once a burst is over."""
+        if self._cancel_recount is not None:
+            self._cancel_recount()
+
+        @callback
+        def _recount(_now: datetime) -> None:
+            self._cancel_recount = None
+            self._entry.async_create_background_task(
+                self._hass, self._async_follow_count(), f"{DOMAIN} broker count"
             )
+
+        self._cancel_recount = async_call_later(
+            self._hass, RECOUNT_AFTER_BURST_S, _recount
         )
 
     @callback
@@ -129,6 +160,10 @@ class BrokerHealth:
         self._fleet_input.async_stop()
         while self._unsubs:
             self._unsubs.pop()()
+        for cancel in (self._cancel_recount, self._unsub_count):
+            if cancel is not None:
+                cancel()
+        self._cancel_recount = self._unsub_count = None
         self._hass.data.get(DATA_BROKER_HEALTH, {}).pop(self._entry.entry_id, None)
         for key in ISSUES:
             self._clear(key)
@@ -163,7 +198,10 @@ class BrokerHealth:
         previous = dropped.broker_total
         dropped.broker_total = value
         if previous is None:
-            return  # drops before the fleet followed the broker are not its own
+            if msg.retain:
+                return  # the count when the fleet began to follow: not its drops
+            # Its count changed, but the value before was lost (dropped too).
+            previous = 0
         if value < previous:
             # The broker restarted (with new settings, presumably): start again.
             dropped.since_followed = 0
@@ -211,6 +249,8 @@ class BrokerHealth:
             "expected": expected,
             "gateway_answers": closed.gateway_answers,
         }
+        if answered:
+            self._recount_later()
         missing = expected - answered
         if missing >= SHRINK_MIN_MISSING and missing > expected * SHRINK_RATIO:
             LOGGER.warning(
@@ -240,6 +280,7 @@ class BrokerHealth:
         ]
         if len(orders) < BURST_MIN_ORDERS:
             return
+        self._recount_later()
         missing = sum(
             1 for order in orders if order.get("status") == OrderStatus.TIMEOUT.value
         )
