@@ -61,7 +61,8 @@ def flood_a_stuck_client(broker: MosquittoBroker, messages: int) -> None:
         info.wait_for_publish(10)
     sender.loop_stop()
     sender.disconnect()
-    stuck.socket().close()
+    if (sock := stuck.socket()) is not None:
+        sock.close()
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
