@@ -61,6 +61,7 @@ DEFAULT_SIZES = (100, 1_000, 10_000)
 DEFAULT_ENGINE_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (5,)
 QUICK_ENGINE_SIZES = (100,)
+QUICK_DEPOT_MODES = ("per_vehicle", "gateway")
 # Dispatches are cheap at 50 vehicles: more runs than the fleet sections.
 DEFAULT_CONTROLLED_REPEAT = 10
 QUICK_CONTROLLED_VEHICLES = 5
@@ -173,14 +174,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--brokers",
         type=_choices(DEPOT_PROFILES),
-        default=DEPOT_PROFILES,
-        help="depot section: broker limits (tests/mqtt_broker.py) to measure",
+        help="depot section: broker limits (tests/mqtt_broker.py) to measure"
+        f" (default {','.join(DEPOT_PROFILES)}; --quick: stock)",
     )
     parser.add_argument(
         "--depot-modes",
         type=_choices(DEPOT_MODES),
-        default=DEPOT_MODES,
-        help=f"depot section: any of {','.join(DEPOT_MODES)}",
+        help=f"depot section: any of {','.join(DEPOT_MODES)} (default all;"
+        f" --quick: {','.join(QUICK_DEPOT_MODES)})",
     )
     parser.add_argument(
         "--depot-sizes",
@@ -220,8 +221,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         trace_loop=args.trace_loop,
         controlled_vehicles=controlled_vehicles,
         controlled_repeat=controlled_repeat,
-        brokers=args.brokers,
-        depot_modes=args.depot_modes,
+        brokers=args.brokers or (("stock",) if args.quick else DEPOT_PROFILES),
+        depot_modes=args.depot_modes
+        or (QUICK_DEPOT_MODES if args.quick else DEPOT_MODES),
         depot_sizes=args.depot_sizes or (QUICK_SIZES if args.quick else DEPOT_SIZES),
     )
 

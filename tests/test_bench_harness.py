@@ -122,6 +122,19 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     assert delayed["response_p50_s"] >= 0.5
     assert delayed["writes_by_kind"]["sensor.bench_charger_#_power"] == QUICK_SIZE
 
+    # Depots: a stock broker lets a tiny fleet through, in both modes.
+    assert [(row["profile"], row["mode"]) for row in results["depot"]] == [
+        ("stock", "per_vehicle"),
+        ("stock", "gateway"),
+    ]
+    for row in results["depot"]:
+        assert "error" not in row, row
+        assert row["known_after_discovery"] == QUICK_SIZE, row
+        assert row["acknowledged"] == row["orders"] == QUICK_SIZE, row
+        assert row["telemetry_received"] == QUICK_SIZE, row
+        assert row["dropped_total"] == 0, row
+        assert row["issues"] == [], row
+
     names = [item["target"] for item in results["targets"]]
     assert any("HA floor" in name for name in names)
     assert any("bare paho" in name for name in names)
@@ -136,6 +149,7 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
         "## 3. Engine only",
         "## 4. Event loop, memory, state writes",
         "## 5. Vehicles controlled through Home Assistant",
+        "## Depots on the brokers people run (issue 16)",
         "## Targets",
     ):
         assert heading in markdown

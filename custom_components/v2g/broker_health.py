@@ -107,6 +107,7 @@ class BrokerHealth:
         self.last_round: dict[str, Any] | None = None
         self.last_burst: dict[str, Any] | None = None
         self.active: set[str] = set()
+        self._stopped = False
 
     async def async_start(self) -> None:
         """Follow the broker's count, discovery rounds and dispatches.
@@ -133,6 +134,9 @@ class BrokerHealth:
         unsub = await mqtt.async_subscribe(
             self._hass, SYS_DROPPED_TOPIC, self._dropped_count, qos=0, encoding=None
         )
+        if self._stopped:
+            unsub()
+            return
         previous, self._unsub_count = self._unsub_count, unsub
         if previous is not None:
             previous()
@@ -157,6 +161,7 @@ class BrokerHealth:
     @callback
     def async_stop(self) -> None:
         """Stop following; the fleet's issues go with it."""
+        self._stopped = True
         self._fleet_input.async_stop()
         while self._unsubs:
             self._unsubs.pop()()
