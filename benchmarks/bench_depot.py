@@ -113,6 +113,42 @@ class Counter:
     count: int = 0
     last_at: float = 0.0
 
+    async def async_follow(self, hass: HomeAssistant, topic: str) -> Callable[[], None]:
+        """Count the messages on `topic`; return the unsubscriber."""
+
+        @callback
+        def _count(msg: mqtt.ReceiveMessage) -> None:
+            self.count += 1
+            self.last_at = time.perf_counter()
+
+        return await mqtt.async_subscribe(hass, topic, _count, qos=0)
+
+    async def async_quiet(self, seconds: float, limit: float = 120.0) -> None:
+        """Wait until no message came for `seconds` (at most `limit`)."""
+        async with asyncio.timeout(limit):
+            while True:
+                if time.perf_counter() - self.last_at >= seconds:
+                    return
+                await asyncio.sleep(0.2)
+
+
+async def async_drain(hass: HomeAssistant) -> None:
+    """Let what a previous fleet left at the broker reach Home Assistant first.
+
+    Home Assistant's connection stays up between scenarios: a stock broker may
+    still hold answers of the previous fleet for it, which the next entry would
+    take for its own (telemetry adds unknown vehicles).
+    """
+    traffic = Counter(last_at=time.perf_counter())
+    unsubs = [
+        await traffic.async_follow(hass, topic) for topic in ("v2g/#", "vehicle/#")
+    ]
+    try:
+        await traffic.async_quiet(TELEMETRY_QUIET_S)
+    finally:
+        for unsub in unsubs:
+            unsub()
+
 
 class DepotScenario:
     """One V2G entry and one simulated depot on the current broker."""
@@ -185,7 +221,7 @@ class DepotScenario:
             if self._known() > self.row.get("orders", 0):
                 # The poll's answers added the vehicles whose discovery answers
                 # were lost: a dispatch to all of them measures their acks.
-                await self._async_dispatch("after_poll_")
+                await self._async_dispatch_and_verify("after_poll_")
                 after_second = await self.dropped.async_read()
                 self.row["dropped_after_poll"] = after_second - after_dispatch
                 after_dispatch = after_second
@@ -258,12 +294,12 @@ class DepotScenario:
                 return
             await asyncio.sleep(0.2)
 
-    async def _async_dispatch_and_verify(self) -> None:
+    async def _async_dispatch_and_verify(self, prefix: str = "") -> None:
+        """Dispatch, then wait for its verification and the poll's last answers."""
         hass = self.hass
         assert self.entry is not None
         entry_id = self.entry.entry_id
-        known = self._known()
-        if not known:
+        if not self._known():
             return
         verified: asyncio.Future[dict[str, Any]] = hass.loop.create_future()
 
@@ -273,26 +309,17 @@ class DepotScenario:
                 verified.set_result(dict(event.data))
 
         telemetry = Counter()
-
-        @callback
-        def _telemetry(msg: mqtt.ReceiveMessage) -> None:
-            telemetry.count += 1
-            telemetry.last_at = time.perf_counter()
-
         unsubs = [
             hass.bus.async_listen("v2g_dispatch_verified", _verified),
-            await mqtt.async_subscribe(hass, "v2g/telemetry/response/+", _telemetry),
+            await telemetry.async_follow(hass, "v2g/telemetry/response/+"),
         ]
         try:
-            await self._async_dispatch("")
+            await self._async_dispatch(prefix)
             async with asyncio.timeout(ACK_TIMEOUT_S + 60.0):
                 event = await verified
-            while True:  # the last answers of the poll
-                if time.perf_counter() - telemetry.last_at >= TELEMETRY_QUIET_S:
-                    break
-                await asyncio.sleep(0.2)
-            self.row["telemetry_received"] = telemetry.count
-            self.row["unmeasured"] = event.get("unmeasured")
+            await telemetry.async_quiet(TELEMETRY_QUIET_S)
+            self.row[f"{prefix}telemetry_received"] = telemetry.count
+            self.row[f"{prefix}unmeasured"] = event.get("unmeasured")
         finally:
             for unsub in unsubs:
                 unsub()
@@ -412,6 +439,7 @@ async def run_depot(
             for mode in modes:
                 for size in sizes:
                     say(f"depot: {profile} broker, {mode}, {size} vehicles")
+                    await async_drain(hass)
                     scenario = DepotScenario(
                         harness, broker.port, profile, mode, size, log_dir, dropped
                     )
@@ -433,7 +461,9 @@ def summary(row: dict[str, Any]) -> str:
     return (
         f"known {row.get('known_after_discovery')}/{row['vehicles']}"
         f" ({sim.get('discovery_answers')} announced), acked"
-        f" {row.get('acknowledged')}/{row.get('orders')}, telemetry"
+        f" {row.get('acknowledged')}/{row.get('orders')}"
+        f" (after the poll {row.get('after_poll_acknowledged', '-')}"
+        f"/{row.get('after_poll_orders', '-')}), telemetry"
         f" {row.get('telemetry_received')}/{sim.get('telemetry_sent')},"
         f" dropped {row.get('dropped_total')}, issues {row.get('issues')}"
     )

@@ -118,9 +118,8 @@ class FleetInput:
         self._sessions: list[dict[str, Vehicle]] = []
         # Measured power of the MQTT vehicles, when received (verification.py).
         self.power_readings = PowerReadings()
-        # Discovery rounds: the open one, the last closed one, who hears of them.
+        # Discovery rounds: the open one, and who hears of those that end.
         self.round: DiscoveryRound | None = None
-        self.last_round: DiscoveryRound | None = None
         self.on_round_closed: Callable[[DiscoveryRound], None] | None = None
         self.expected_answers: Callable[[], int] = lambda: 0
         self._round_timer: asyncio.TimerHandle | None = None
@@ -213,7 +212,6 @@ class FleetInput:
         closed, self.round = self.round, None
         if closed is None:
             return
-        self.last_round = closed
         if self.on_round_closed is not None:
             self.on_round_closed(closed)
 
