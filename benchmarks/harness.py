@@ -99,17 +99,18 @@ def vehicle_ids(count: int, prefix: str) -> list[str]:
 
 
 # --- mosquitto ---------------------------------------------------------------------
-def new_broker() -> Any:
+def new_broker(**settings: Any) -> Any:
     """A mosquitto on a free loopback port: the test suite's ``MosquittoBroker``.
 
     ``tests/mqtt_broker.py`` (no persistence, anonymous, large queues, unlimited
     in-flight window, TCP_NODELAY) is shared with the end-to-end tests, so the
-    benchmarks measure against the same broker setup. Call ``start()``/``close()``.
+    benchmarks measure against the same broker setup; ``settings`` go to it
+    (``limits="stock"``: mosquitto's defaults). Call ``start()``/``close()``.
     """
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     module = importlib.import_module("tests.mqtt_broker")
-    return module.MosquittoBroker()
+    return module.MosquittoBroker(**settings)
 
 
 def mosquitto_version() -> str:
@@ -240,10 +241,12 @@ def simulator_process(
     topics: dict[str, str] | None = None,
     *,
     telemetry_interval_s: float | None = None,
+    extra_args: Sequence[str] = (),
 ) -> HelperProcess:
     """The fleet simulator: shared connection, immediate acks, no telemetry push.
 
-    ``topics``: topic options (``--command-topic`` …) other than the defaults.
+    ``topics``: topic options (``--command-topic`` …) other than the defaults;
+    ``extra_args``: more options (``--stats-file`` …).
     ``telemetry_interval_s``: push every vehicle's telemetry (``power_kw`` …) on
     its state topic this often (the delivery section verifies with it).
     """
@@ -274,6 +277,7 @@ def simulator_process(
         argv += [option, topic]
     if telemetry_interval_s is not None:
         argv += ["--telemetry-push", "--telemetry-interval", f"{telemetry_interval_s}"]
+    argv += extra_args
     return HelperProcess(
         name=f"simulator {prefix}",
         argv=argv,
@@ -699,6 +703,20 @@ class HassHarness:
         if not await mqtt.async_wait_for_mqtt_client(hass):
             raise HarnessError("MQTT client did not connect")
         return entry
+
+    async def switch_broker(self, broker_port: int) -> ConfigEntry:
+        """Point Home Assistant's MQTT integration at another broker (a new entry)."""
+        hass = self.require()
+        for entry in hass.config_entries.async_entries("mqtt"):
+            await hass.config_entries.async_remove(entry.entry_id)
+        await hass.async_block_till_done()
+        self.broker_port = broker_port
+        entry = await self.setup_mqtt()
+        async with asyncio.timeout(30):
+            while True:  # the new client's connection
+                if mqtt.is_connected(hass):
+                    return entry
+                await asyncio.sleep(0.1)
 
     async def create_entry(
         self,

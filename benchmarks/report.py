@@ -495,7 +495,15 @@ def _controlled_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-ALL_SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "delivery")
+ALL_SECTIONS = (
+    "engine",
+    "per_vehicle",
+    "gateway",
+    "memory",
+    "controlled",
+    "delivery",
+    "depot",
+)
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -554,6 +562,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         from .report_delivery import delivery_lines
 
         lines += delivery_lines(results)
+    if "depot" in run:
+        lines += render_depot(results.get("depot") or [])
     lines += ["", "## Targets", ""]
     lines += _table(
         ["target", "measured", "result", "note"],
@@ -660,4 +670,120 @@ def _gateway_lines(gateway: Sequence[Mapping[str, Any]]) -> list[str]:
             for row in gateway
         ],
     )
+    return lines
+
+
+# --- depots (benchmarks/bench_depot.py) -----------------------------------------
+PROFILE_TEXT = {
+    "tuned": "tuned (`max_queued_messages 100000`, `max_inflight_messages 0`,"
+    " `set_tcp_nodelay true`: what the repair issues advise)",
+    "stock": "stock (mosquitto's defaults: 20 messages in flight and 1,000 queued"
+    " per client)",
+    "addon": "Mosquitto add-on (its generated config sets `max_queued_messages"
+    " 8192`; 20 in flight)",
+}
+MODE_TEXT = {
+    "per_vehicle": "per-vehicle",
+    "gateway": "gateway",
+    "gateway_per_vehicle_discovery": "gateway, per-vehicle discovery answers",
+}
+
+
+def _count(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _depot_cells(row: Mapping[str, Any]) -> list[str]:
+    """One scenario's cells (see `render_depot`)."""
+    sim = row.get("simulator") or {}
+    messages = sim.get("gateway_discovery_messages") or sim.get("discovery_answers")
+    second = (
+        f"{_count(row.get('after_poll_acknowledged'))} /"
+        f" {_count(row.get('after_poll_orders'))}"
+        if "after_poll_orders" in row
+        else "–"
+    )
+    dropped = [row.get("dropped_discovery"), row.get("dropped_dispatch_and_telemetry")]
+    if "dropped_after_poll" in row:
+        dropped.append(row["dropped_after_poll"])
+    return [
+        _count(row.get("known_after_discovery")),
+        f"{_count(sim.get('discovery_answers'))} ({_count(messages)})",
+        _count(row.get("discovery_s")),
+        f"{_count(row.get('acknowledged'))} / {_count(row.get('orders'))}",
+        _count(row.get("dispatch_s")),
+        f"{_count(row.get('telemetry_received'))} / {_count(row.get('vehicles'))}",
+        _count(row.get("unmeasured")),
+        second,
+        " + ".join(_count(value) for value in dropped),
+        ", ".join(row.get("issues") or []) or "none",
+    ]
+
+
+def render_depot(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The depot table: sent, received and dropped at each step."""
+    lines = [
+        "",
+        "## Depots on the brokers people run (issue 16)",
+        "",
+        "Per broker (each a fresh mosquitto 2.0 on loopback publishing `$SYS` every"
+        " second, the MQTT entry pointed at it), mode and size: the entry's own"
+        " discovery request at setup, then `v2g.discover` a second later; a dispatch"
+        " to every known vehicle (aFRR, equal, 1 kW each, ack timeout 30 s); the"
+        " delivery verification's telemetry poll (pull mode); when the poll's answers"
+        " added vehicles discovery had missed, a second dispatch to all of them."
+        " *known*: vehicles Home Assistant knows after discovery; *announced*:"
+        " vehicles the fleet announced in its discovery answers (all requests it"
+        " answered) and in how many messages; *discovery (s)*: until the last vehicle"
+        " was added; *acked*: first-round orders acknowledged / ordered; *dispatch"
+        " (s)*: the call's response time, one run; *telemetry*: answers to the"
+        " first poll Home Assistant received / vehicles (each answers); *unmeasured*:"
+        " vehicles the"
+        " verification had no fresh reading of when it measured; *after the poll*:"
+        " the second dispatch's acked / ordered; *dropped*: the growth of the"
+        " broker's `$SYS/broker/publish/messages/dropped` count during discovery +"
+        " the first dispatch and poll (+ the second dispatch).",
+        "",
+    ]
+    headers = [
+        "broker",
+        "mode",
+        "vehicles",
+        "known",
+        "announced (messages)",
+        "discovery (s)",
+        "acked",
+        "dispatch (s)",
+        "telemetry",
+        "unmeasured",
+        "after the poll",
+        "dropped",
+        "repair issues",
+    ]
+    table = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * 2 + "---:|" * (len(headers) - 3) + "---|",
+    ]
+    for row in rows:
+        cells = [
+            PROFILE_TEXT.get(row["profile"], row["profile"]).split(" (")[0],
+            MODE_TEXT.get(row["mode"], row["mode"]),
+            _count(row["vehicles"]),
+        ]
+        if "error" in row:
+            cells += [f"error: {row['error']}"] + [""] * (len(headers) - 4)
+        else:
+            cells += _depot_cells(row)
+        table.append("| " + " | ".join(cells) + " |")
+    lines += table
+    lines += ["", "Brokers:", ""]
+    lines += [
+        f"- {PROFILE_TEXT[profile]}"
+        for profile in PROFILE_TEXT
+        if any(row["profile"] == profile for row in rows)
+    ]
     return lines

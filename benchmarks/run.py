@@ -36,6 +36,11 @@ from typing import Any
 
 from . import bench_delivery
 from .bench_controlled import CONTROLLED_VEHICLES, MAX_CONTROLLED_VEHICLES
+from .bench_depot import (
+    DEFAULT_SIZES as DEPOT_SIZES,
+    MODES as DEPOT_MODES,
+    PROFILES as DEPOT_PROFILES,
+)
 from .harness import (
     REPO_ROOT,
     HarnessError,
@@ -51,13 +56,22 @@ from .harness import (
 )
 from .report import evaluate_targets, render_markdown
 
-SECTIONS = ("engine", "per_vehicle", "gateway", "memory", "controlled", "delivery")
+SECTIONS = (
+    "engine",
+    "per_vehicle",
+    "gateway",
+    "memory",
+    "controlled",
+    "delivery",
+    "depot",
+)
 # The sections that need the floors' helper processes (peer simulator, bare paho).
 FLOOR_SECTIONS = ("per_vehicle", "gateway")
 DEFAULT_SIZES = (100, 1_000, 10_000)
 DEFAULT_ENGINE_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (5,)
 QUICK_ENGINE_SIZES = (100,)
+QUICK_DEPOT_MODES = ("per_vehicle", "gateway")
 # Dispatches are cheap at 50 vehicles: more runs than the fleet sections.
 DEFAULT_CONTROLLED_REPEAT = 10
 QUICK_CONTROLLED_VEHICLES = 5
@@ -84,6 +98,9 @@ class Options:
     delivery: bench_delivery.DeliveryOptions = field(
         default_factory=bench_delivery.DeliveryOptions
     )
+    brokers: tuple[str, ...] = DEPOT_PROFILES
+    depot_modes: tuple[str, ...] = DEPOT_MODES
+    depot_sizes: tuple[int, ...] = DEPOT_SIZES
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -94,6 +111,18 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(size <= 0 for size in sizes):
         raise argparse.ArgumentTypeError(f"sizes must be positive: {text!r}")
     return sizes
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not chosen or any(part not in allowed for part in chosen):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)}"
+            )
+        return chosen
+
+    return parse
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -156,6 +185,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="vehicles of the controlled section (input_number chargers; default 50)",
     )
     bench_delivery.add_arguments(parser)
+    parser.add_argument(
+        "--brokers",
+        type=_choices(DEPOT_PROFILES),
+        help="depot section: broker limits (tests/mqtt_broker.py) to measure"
+        f" (default {','.join(DEPOT_PROFILES)}; --quick: stock)",
+    )
+    parser.add_argument(
+        "--depot-modes",
+        type=_choices(DEPOT_MODES),
+        help=f"depot section: any of {','.join(DEPOT_MODES)} (default all;"
+        f" --quick: {','.join(QUICK_DEPOT_MODES)})",
+    )
+    parser.add_argument(
+        "--depot-sizes",
+        type=_sizes,
+        help="depot section: fleet sizes (default 1000,5000,10000; --quick: 5)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     engine_sizes = args.engine_sizes or (
@@ -190,6 +236,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         controlled_vehicles=controlled_vehicles,
         controlled_repeat=controlled_repeat,
         delivery=bench_delivery.options_from(args, quick=args.quick),
+        brokers=args.brokers or (("stock",) if args.quick else DEPOT_PROFILES),
+        depot_modes=args.depot_modes
+        or (QUICK_DEPOT_MODES if args.quick else DEPOT_MODES),
+        depot_sizes=args.depot_sizes or (QUICK_SIZES if args.quick else DEPOT_SIZES),
     )
 
 
@@ -550,7 +600,7 @@ async def _run_sections_without_floor(
     results: dict[str, Any],
     log_dir: Path,
 ) -> None:
-    """The memory run, the vehicles controlled through Home Assistant, delivery."""
+    """The memory run, the vehicles controlled through Home Assistant, delivery, the depots."""
     if "memory" in options.sections:
         await run_memory(harness, broker_port, options, results, log_dir)
     if "controlled" in options.sections:
@@ -559,6 +609,36 @@ async def _run_sections_without_floor(
         await bench_delivery.run_section(
             harness, broker_port, options.delivery, results, log_dir, say
         )
+    if "depot" in options.sections:
+        await run_depot_section(harness, options, results, log_dir)
+
+
+async def run_depot_section(
+    harness: HassHarness, options: Options, results: dict[str, Any], log_dir: Path
+) -> None:
+    """Depots on tuned, stock and add-on brokers (last: it switches brokers)."""
+    from .bench_depot import run_depot
+
+    try:
+        results["depot"] = await run_depot(
+            harness,
+            options.brokers,
+            options.depot_modes,
+            options.depot_sizes,
+            log_dir,
+            new_broker,
+            say,
+        )
+    except Exception as err:  # noqa: BLE001 - reported in the results
+        traceback.print_exc()
+        results["problems"].append(f"depot: {type(err).__name__}: {err}")
+        results["section_errors"].append("depot")
+        return
+    results["problems"].extend(
+        f"depot {row['profile']} {row['mode']} {row['vehicles']}: {row['error']}"
+        for row in results["depot"]
+        if "error" in row
+    )
 
 
 def _new_harness(options: Options, broker_port: int, log_dir: Path) -> HassHarness:
@@ -684,6 +764,9 @@ def new_results(options: Options) -> dict[str, Any]:
             "qos": 1,
             "controlled_vehicles": options.controlled_vehicles,
             "controlled_repeat": options.controlled_repeat,
+            "brokers": list(options.brokers),
+            "depot_modes": list(options.depot_modes),
+            "depot_sizes": list(options.depot_sizes),
         },
         "engine": None,
         "per_vehicle": [],
@@ -691,6 +774,7 @@ def new_results(options: Options) -> dict[str, Any]:
         "memory": None,
         "controlled": [],
         "delivery": [],
+        "depot": [],
         "targets": [],
         "problems": [],
         "section_errors": [],

@@ -124,7 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.005,
         help="collect gateway acks this long before publishing (default 5ms)",
     )
-    fleet.add_argument("--gateway-batch-max", type=int, default=500)
+    fleet.add_argument(
+        "--gateway-batch-max",
+        type=int,
+        default=500,
+        help="most acks (or vehicles of a discovery answer) in one gateway message",
+    )
+    fleet.add_argument(
+        "--per-vehicle-discovery",
+        dest="gateway_discovery",
+        action="store_false",
+        help="gateway vehicles answer discovery one message each (the protocol"
+        " before gateway discovery answers) instead of one message per gateway",
+    )
 
     acks = parser.add_argument_group("orders and acks")
     acks.add_argument(
@@ -340,6 +352,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         gateway_size=args.gateway_size,
         gateway_batch_window=args.gateway_batch_window,
         gateway_batch_max=args.gateway_batch_max,
+        gateway_discovery=args.gateway_discovery,
         topics=_topics(args),
     ).validated()
 

@@ -179,6 +179,9 @@ class SimulatorConfig:
     gateway_size: int = 0
     gateway_batch_window: float = 0.005
     gateway_batch_max: int = 500
+    # Gateways answer discovery for their vehicles, up to `gateway_batch_max`
+    # vehicles a message (False: each vehicle answers on its own).
+    gateway_discovery: bool = True
 
     topics: TopicConfig = field(default_factory=TopicConfig)
 

@@ -72,7 +72,8 @@ COUNTERS: Final = (
     "gateway_batches",  # order batches received on gateway topics
     "gateway_ack_messages",  # ack batches published on gateway topics
     "discovery_requests",
-    "discovery_answers",
+    "discovery_answers",  # vehicles announced (alone or in a gateway's answer)
+    "gateway_discovery_messages",  # discovery answers published by gateways
     "telemetry_polls",
     "telemetry_sent",
     "malformed",  # payloads that could not be decoded
@@ -544,6 +545,7 @@ class FleetSimulator:
         prob = 1.0 if profile is None else profile[hour]
         now = self._now()
         answered = 0
+        by_gateway: dict[str, list[dict[str, Any]]] = {}
         for vehicle in self._served.get(endpoint, {}).values():
             if self._silent(vehicle):
                 continue
@@ -567,11 +569,37 @@ class FleetSimulator:
                 degradation_factor=vehicle.degradation_factor,
                 gateway=vehicle.gateway,
             )
-            if self._publish(
+            if vehicle.gateway is not None and self.config.gateway_discovery:
+                by_gateway.setdefault(vehicle.gateway, []).append(obj)
+            elif self._publish(
                 endpoint, self._t_response.format(vehicle.vehicle_id), codec.encode(obj)
             ):
                 answered += 1
+        for gateway_id, objs in by_gateway.items():
+            answered += self._answer_for_gateway(endpoint, gateway_id, objs)
         self._counters["discovery_answers"] += answered
+
+    def _answer_for_gateway(
+        self, endpoint: Endpoint, gateway_id: str, objs: list[dict[str, Any]]
+    ) -> int:
+        """Announce a gateway's vehicles: `{"gateway", "vehicles": [...]}` messages.
+
+        Published on the discovery answer topic with the gateway's id; returns
+        how many vehicles were announced.
+        """
+        size = self.config.gateway_batch_max
+        topic = self._t_response.format(gateway_id)
+        announced = 0
+        for start in range(0, len(objs), size):
+            chunk = objs[start : start + size]
+            if self._publish(
+                endpoint,
+                topic,
+                codec.encode({"gateway": gateway_id, "vehicles": chunk}),
+            ):
+                self._counters["gateway_discovery_messages"] += 1
+                announced += len(chunk)
+        return announced
 
     def _on_poll(self, endpoint: Endpoint, vehicle_id: str | None) -> None:
         served = self._served.get(endpoint, {})

@@ -6,8 +6,16 @@
         broker.start()    # ... and come back on the SAME port
 
 Only 127.0.0.1 is used. The broker runs in a temporary directory with a generated
-config (no persistence, anonymous access, large queues, unlimited in-flight window);
-`stop()` terminates it, `close()` also removes the directory.
+config (no persistence, anonymous access); `stop()` terminates it, `close()` also
+removes the directory. Its message limits (`limits`):
+
+* ``"tuned"`` (default): large queues, unlimited in-flight window, TCP_NODELAY;
+* ``"stock"``: mosquitto's defaults, as a distribution's mosquitto runs (20
+  messages in flight and 1,000 queued per client, the rest dropped);
+* ``"addon"``: what Home Assistant's Mosquitto broker add-on sets (the defaults
+  but 8,192 queued).
+
+    with MosquittoBroker(limits="stock", sys_interval=1) as broker: ...
 """
 
 from __future__ import annotations
@@ -18,12 +26,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Self
+from typing import Literal, Self
 
 from devtools.net import free_port, port_open
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
+
+type Limits = Literal["tuned", "stock", "addon"]
+LIMITS: tuple[Limits, ...] = ("tuned", "stock", "addon")
+# The Mosquitto broker add-on's generated mosquitto.conf sets only this limit.
+ADDON_MAX_QUEUED_MESSAGES = 8192
 
 
 class BrokerError(RuntimeError):
@@ -41,14 +54,24 @@ class MosquittoBroker:
         extra_config: str = "",
         max_queued_messages: int = 100_000,
         verbose: bool = False,
+        limits: Limits = "tuned",
+        sys_interval: int | None = None,
     ) -> None:
-        """Prepare (not start) a broker; `port` None picks a free one."""
+        """Prepare (not start) a broker; `port` None picks a free one.
+
+        `max_queued_messages` applies to the tuned limits; `sys_interval` (s)
+        how often mosquitto publishes its `$SYS` topics (None: its default, 10).
+        """
+        if limits not in LIMITS:
+            raise ValueError(f"limits must be one of {LIMITS}: {limits!r}")
         self.host = HOST
         self.port = port or free_port()
         self.executable = executable
         self.extra_config = extra_config
         self.max_queued_messages = max_queued_messages
         self.verbose = verbose
+        self.limits = limits
+        self.sys_interval = sys_interval
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -86,20 +109,34 @@ class MosquittoBroker:
         except OSError:
             return ""
 
-    def config_text(self) -> str:
-        """The generated mosquitto.conf."""
-        log_types = (
-            "all" if self.verbose else "error\nlog_type warning\nlog_type notice"
-        )
+    def tuning_lines(self) -> str:
+        """The config lines of the limits and socket (none: mosquitto's defaults)."""
+        if self.limits == "stock":
+            return ""
+        if self.limits == "addon":
+            return f"max_queued_messages {ADDON_MAX_QUEUED_MESSAGES}\n"
         return (
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
             f"max_queued_messages {self.max_queued_messages}\n"
             "max_queued_bytes 0\n"
             "max_inflight_messages 0\n"
             "max_inflight_bytes 0\n"
             "set_tcp_nodelay true\n"
+        )
+
+    def config_text(self) -> str:
+        """The generated mosquitto.conf."""
+        log_types = (
+            "all" if self.verbose else "error\nlog_type warning\nlog_type notice"
+        )
+        sys_interval = (
+            "" if self.sys_interval is None else f"sys_interval {self.sys_interval}\n"
+        )
+        return (
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"{self.tuning_lines()}"
+            f"{sys_interval}"
             f"log_dest file {self.log_path}\n"
             f"log_type {log_types}\n"
             "connection_messages true\n"

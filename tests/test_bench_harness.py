@@ -141,6 +141,18 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
     # The traced dispatch found the verification's task on the loop.
     assert verify["verification_steps"] >= 1
     _positive(verify, "verification_loop_ms", "verification_longest_step_ms")
+    # Depots: a stock broker lets a tiny fleet through, in both modes.
+    assert [(row["profile"], row["mode"]) for row in results["depot"]] == [
+        ("stock", "per_vehicle"),
+        ("stock", "gateway"),
+    ]
+    for row in results["depot"]:
+        assert "error" not in row, row
+        assert row["known_after_discovery"] == QUICK_SIZE, row
+        assert row["acknowledged"] == row["orders"] == QUICK_SIZE, row
+        assert row["telemetry_received"] == QUICK_SIZE, row
+        assert row["dropped_total"] == 0, row
+        assert row["issues"] == [], row
 
     names = [item["target"] for item in results["targets"]]
     assert any("HA floor" in name for name in names)
@@ -157,6 +169,7 @@ def test_quick_benchmark_run_writes_results(tmp_path: Path) -> None:
         "## 4. Event loop, memory, state writes",
         "## 5. Vehicles controlled through Home Assistant",
         "## 6. Delivery verification",
+        "## Depots on the brokers people run (issue 16)",
         "## Targets",
     ):
         assert heading in markdown

@@ -17,6 +17,7 @@ from homeassistant.helpers.device_registry import DeviceEntry
 from homeassistant.helpers.dispatcher import async_dispatcher_connect
 from homeassistant.helpers.typing import ConfigType
 
+from .broker_health import BrokerHealth
 from .const import DOMAIN, LOGGER
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
 from .held_setpoints import SetpointHolder
@@ -91,9 +92,22 @@ async def async_setup_entry(hass: HomeAssistant, entry: V2GConfigEntry) -> bool:
     coordinator = V2GFleetCoordinator(hass, entry, persistence, restored)
     # Judges measured power: learned limits and "Not following" (engine/limits.py).
     coordinator.fleet.delivery_tolerance = coordinator.config.delivery_tolerance
+    # Lost messages become repair issues (broker_health.py).
+    health = BrokerHealth(
+        hass,
+        entry,
+        fleet=coordinator.fleet,
+        fleet_input=coordinator.fleet_input,
+        stale_timeout=coordinator.config.stale_timeout,
+        is_controlled=coordinator.manual.controlled.is_controlled,
+        monotonic=coordinator.runtime.monotonic,
+    )
+    entry.async_on_unload(health.async_stop)
     try:
         await coordinator.async_setup()
+        await health.async_start()
     except HomeAssistantError as err:
+        health.async_stop()
         await coordinator.async_shutdown()
         raise ConfigEntryNotReady(
             translation_domain=DOMAIN, translation_key="mqtt_not_ready"

@@ -17,6 +17,7 @@ from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.device_registry import DeviceEntry
 
+from .broker_health import broker_health
 from .const import CONF_WEBHOOK_ID, DOMAIN
 from .coordinator import V2GConfigEntry, V2GFleetCoordinator
 
@@ -57,6 +58,7 @@ async def async_get_config_entry_diagnostics(
     tracker = coordinator.engine.tracker
     stale = coordinator.stale_ids()
     sample = sorted(fleet.vehicles)[:VEHICLE_SAMPLE]
+    health = broker_health(hass, entry.entry_id)
     diagnostics = {
         "entry": {
             "title": entry.title,
@@ -117,6 +119,7 @@ async def async_get_config_entry_diagnostics(
             "published": coordinator.router.published,
             "failed": coordinator.router.failed,
         },
+        "broker_health": None if health is None else health.as_dict(),
         "metrics": _metrics(coordinator),
         "in_flight": [
             _in_flight(record) for record in coordinator.engine.pending_dispatches()

@@ -19,8 +19,9 @@ from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from .const import LOGGER
 from .transport import SubscriptionGate, TopicTemplate, async_subscribe_all
 
-# What a route does with a payload: True if applied, False if malformed.
-type Apply = Callable[[str | None, bytes], bool]
+# What a route does with a payload: True if applied, False if malformed, or
+# why else it was dropped (e.g. "oversize").
+type Apply = Callable[[str | None, bytes], bool | str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +119,8 @@ class MqttIntake:
                 if len(payload) > route.max_bytes:
                     log.drop(route.kind, "oversize", msg.topic)
                     return
-                if not route.apply(topic_id, payload):
-                    log.drop(route.kind, "malformed", msg.topic)
+                if (applied := route.apply(topic_id, payload)) is not True:
+                    log.drop(route.kind, applied or "malformed", msg.topic)
             except Exception:  # noqa: BLE001 - a message must never break the loop
                 log.drop(route.kind, "error", msg.topic, exc_info=True)
 

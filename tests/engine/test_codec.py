@@ -15,11 +15,13 @@ from custom_components.v2g.engine import (
     Ack,
     DecodeError,
     GatewayAcks,
+    GatewayVehicles,
     Order,
     SignalType,
     Telemetry,
     Vehicle,
     decode_ack,
+    decode_discovery,
     decode_gateway_acks,
     decode_telemetry,
     decode_vehicle,
@@ -358,6 +360,7 @@ JSON_VALUES = st.recursive(
                 "available",
                 "BatteryKWh",
                 "segment",
+                "vehicles",
             ]
         )
         | st.text(max_size=8),
@@ -367,13 +370,14 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 
-DECODERS: list[tuple[Callable[[bytes | str], object], type]] = [
+DECODERS: list[tuple[Callable[[bytes | str], object], type | tuple[type, ...]]] = [
     (decode_ack, Ack),
     (decode_gateway_acks, GatewayAcks),
     (decode_vehicle, Vehicle),
     (lambda p: decode_vehicle(p, "v1"), Vehicle),
     (lambda p: decode_telemetry(p, "v1"), Telemetry),
     (lambda p: decode_telemetry(p, None), Telemetry),
+    (lambda p: decode_discovery(p, "gw1"), (Vehicle, GatewayVehicles)),
 ]
 
 
@@ -425,3 +429,70 @@ def test_structured_json_only_raises_decode_error(value: dict[str, object]) -> N
     payload = json.dumps(value)
     assert_decodes_or_rejects(payload)
     assert_decodes_or_rejects(json.dumps({"acks": [value, value]}))
+
+
+# --- discovery answers: one vehicle, or a gateway's vehicles -------------------
+
+
+def test_discovery_answer_of_one_vehicle() -> None:
+    vehicle = decode_discovery(b'{"ID":"v1","SoC":0.4}', "v1")
+    assert vehicle == Vehicle(vehicle_id="v1", soc=0.4)
+
+
+def test_discovery_answer_of_a_gateway() -> None:
+    payload = json.dumps(
+        {
+            "gateway": "gw1",
+            "vehicles": [
+                {"ID": "v1", "SoC": 0.4},
+                {"vehicle_id": "v2", "gateway": "gw1"},
+                {"ID": "v3", "gateway": "gw2"},  # another gateway's
+                {"SoC": 0.5},  # no id
+                {"ID": "v4", "SoC": 2},  # out of range
+                ["v5"],
+            ],
+        }
+    )
+    answer = decode_discovery(payload, "gw1")
+    assert isinstance(answer, GatewayVehicles)
+    assert answer.gateway == "gw1"
+    assert answer == [
+        Vehicle(vehicle_id="v1", soc=0.4, gateway="gw1"),
+        Vehicle(vehicle_id="v2", gateway="gw1"),
+    ]
+    assert answer.invalid == 4
+
+
+def test_discovery_answer_of_a_gateway_names_it_in_the_topic_or_the_envelope() -> None:
+    listed = {"vehicles": [{"ID": "v1"}]}
+    from_topic = decode_discovery(json.dumps(listed), "gw1")
+    assert isinstance(from_topic, GatewayVehicles)
+    assert from_topic[0].gateway == "gw1"
+    from_envelope = decode_discovery(json.dumps({**listed, "gateway": "gw2"}), None)
+    assert isinstance(from_envelope, GatewayVehicles)
+    assert from_envelope[0].gateway == "gw2"
+
+
+@pytest.mark.parametrize(
+    ("payload", "topic_id"),
+    [
+        ({"gateway": "gw2", "vehicles": []}, "gw1"),  # not the topic's gateway
+        ({"vehicles": []}, None),  # no gateway at all
+        ({"gateway": "a/b", "vehicles": []}, None),
+        ({"gateway": "gw1", "vehicles": {"ID": "v1"}}, "gw1"),
+        ([{"ID": "v1"}], "gw1"),
+    ],
+)
+def test_bad_gateway_discovery_answer(payload: object, topic_id: str | None) -> None:
+    with pytest.raises(DecodeError):
+        decode_discovery(json.dumps(payload), topic_id)
+
+
+def test_discovery_answer_sizes() -> None:
+    padding = "x" * MAX_PAYLOAD_BYTES
+    with pytest.raises(DecodeError, match="too large"):
+        decode_discovery(json.dumps({"ID": "v1", "segment": padding}), "v1")
+    depot = [{"ID": f"v{n}", "segment": "x" * 100} for n in range(10_000)]
+    payload = json.dumps({"gateway": "gw1", "vehicles": depot})
+    assert MAX_PAYLOAD_BYTES < len(payload) < MAX_GATEWAY_PAYLOAD_BYTES
+    assert len(decode_discovery(payload, "gw1")) == 10_000

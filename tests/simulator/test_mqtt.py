@@ -274,11 +274,25 @@ def test_gateway_batches(
         assert sim.stats()["connected"] == 2
     dispatcher.subscribe("v2g/fleet/response/+", "v2g/gateway/+/acks")
     dispatcher.publish("v2g/fleet/discovery", b"hello")
+    # Each gateway answers for its vehicles, at most two a message.
+    messages = dispatcher.wait_for("v2g/fleet/response/+", 4)
+    assert sorted(m.topic for m in messages) == [
+        "v2g/fleet/response/gw01",
+        "v2g/fleet/response/gw01",
+        "v2g/fleet/response/gw02",
+        "v2g/fleet/response/gw02",
+    ]
     answers = {
-        m.json()["ID"]: m.json() for m in dispatcher.wait_for("v2g/fleet/response/+", 6)
+        vehicle["ID"]: vehicle
+        for m in messages
+        for vehicle in m.json()["vehicles"]
+        if m.json()["gateway"] == vehicle["gateway"]
     }
+    assert sorted(answers) == sim.vehicle_ids
     assert answers["veh001"]["gateway"] == "gw01"
     assert answers["veh006"]["gateway"] == "gw02"
+    assert sim.stats()["gateway_discovery_messages"] == 4
+    assert sim.stats()["discovery_answers"] == 6
 
     sim.set_soc("veh003", 1.0)
     orders = [
@@ -325,6 +339,19 @@ def test_gateway_batches(
     assert sim.stats()["gateway_batches"] == 1
 
 
+def test_gateway_vehicles_may_answer_discovery_one_by_one(
+    make_sim: MakeSim, dispatcher: Dispatcher
+) -> None:
+    make_sim(count=4, gateway_size=2, connection="shared", gateway_discovery=False)
+    dispatcher.subscribe("v2g/fleet/response/+")
+    dispatcher.publish("v2g/fleet/discovery", b"hello")
+    messages = dispatcher.wait_for("v2g/fleet/response/+", 4)
+    assert sorted(m.topic for m in messages) == [
+        f"v2g/fleet/response/veh00{n}" for n in range(1, 5)
+    ]
+    assert {m.json()["gateway"] for m in messages} == {"gw01", "gw02"}
+
+
 def test_offline_vehicle_behind_gateway_is_silent(
     make_sim: MakeSim, dispatcher: Dispatcher
 ) -> None:
@@ -344,7 +371,8 @@ def test_offline_vehicle_behind_gateway_is_silent(
     assert sim.wait_ready(5)
     dispatcher.publish("v2g/fleet/discovery", b"hello")
     (answer,) = dispatcher.wait_for("v2g/fleet/response/+")
-    assert answer.json()["ID"] == "veh001"
+    assert answer.topic == "v2g/fleet/response/gw01"
+    assert [v["ID"] for v in answer.json()["vehicles"]] == ["veh001"]
 
 
 # -- telemetry -------------------------------------------------------------------

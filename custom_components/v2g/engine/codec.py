@@ -419,6 +419,88 @@ def decode_vehicle(
     return vehicle_from_mapping(data, topic_vehicle_id)
 
 
+class GatewayVehicles(list[Vehicle]):
+    """The valid vehicles of one gateway discovery answer, plus the skipped items.
+
+    A list of `Vehicle` (each with its `gateway` set); `invalid` counts the items
+    that were skipped; `gateway` is the answering gateway's id.
+    """
+
+    def __init__(
+        self, gateway: str, vehicles: Iterable[Vehicle] = (), invalid: int = 0
+    ) -> None:
+        """Build from the gateway id, its valid vehicles and the skipped count."""
+        super().__init__(vehicles)
+        self.gateway = gateway
+        self.invalid = invalid
+
+
+def _gateway_vehicle(item: object, gateway: str) -> Vehicle:
+    if not isinstance(item, dict):
+        raise DecodeError("vehicle must be a JSON object")
+    lowered = _lowercase_keys(item)
+    vehicle_id = _payload_vehicle_id(lowered, None)  # each item names its vehicle
+    fields = _vehicle_fields(lowered)
+    if fields.setdefault("gateway", gateway) != gateway:
+        raise DecodeError("vehicle names another gateway")
+    try:
+        return Vehicle(vehicle_id=vehicle_id, **fields)
+    except InvalidValueError as err:
+        raise DecodeError(str(err)) from None
+
+
+def decode_gateway_vehicles(
+    envelope: Mapping[str, Any], topic_gateway_id: str | None
+) -> GatewayVehicles:
+    """Read a gateway discovery answer: `{"gateway", "vehicles": [vehicle JSON, …]}`.
+
+    `envelope` is the decoded JSON object (see `decode_discovery`). The gateway id
+    comes from the topic or the envelope (both given: they must match); each
+    item is a vehicle JSON that names its own id, and its `gateway`, when given,
+    must be this gateway. Bad items are skipped and counted in `invalid`.
+
+    Raises:
+        DecodeError: the envelope itself is malformed.
+    """
+    items = envelope.get("vehicles")
+    if not isinstance(items, list):
+        raise DecodeError("'vehicles' must be a list")
+    named = envelope.get("gateway")
+    if named is not None and topic_gateway_id is not None and named != topic_gateway_id:
+        raise DecodeError("gateway id does not match the topic")
+    gateway = _vehicle_id(named if named is not None else topic_gateway_id, "gateway")
+    vehicles = GatewayVehicles(gateway)
+    for item in items:
+        try:
+            vehicles.append(_gateway_vehicle(item, gateway))
+        except DecodeError:
+            vehicles.invalid += 1
+    return vehicles
+
+
+def decode_discovery(
+    payload: bytes | str, topic_id: str | None
+) -> Vehicle | GatewayVehicles:
+    """Decode what arrives on the discovery answer topic.
+
+    A vehicle's own answer (its vehicle JSON, at most `MAX_PAYLOAD_BYTES`, see
+    `decode_vehicle`) or a gateway's answer for its vehicles (an object with a
+    `vehicles` list, at most `MAX_GATEWAY_PAYLOAD_BYTES`, see
+    `decode_gateway_vehicles`); `topic_id` is the id the topic carries.
+
+    Raises:
+        DecodeError: the payload is malformed.
+    """
+    data = _load_json(payload, MAX_GATEWAY_PAYLOAD_BYTES)
+    if not isinstance(data, dict):
+        raise DecodeError("vehicle must be a JSON object")
+    if "vehicles" in data:
+        return decode_gateway_vehicles(data, topic_id)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise DecodeError("payload too large")
+    return vehicle_from_mapping(data, topic_id)
+
+
 def decode_telemetry(payload: bytes | str, topic_vehicle_id: str | None) -> Telemetry:
     """Decode `{"vehicle_id", "soc", "available", "charging", "power_kw", "ts"}`.
 
