@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from unittest.mock import MagicMock, Mock, PropertyMock, patch
+from unittest.mock import AsyncMock, MagicMock, Mock, PropertyMock, patch
 
 import pytest
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
@@ -19,6 +19,18 @@ def auto_enable_custom_integrations(
 ) -> Generator[None]:
     """Let Home Assistant load integrations from custom_components."""
     return
+
+
+@pytest.fixture
+def mock_setup_entry() -> Generator[AsyncMock]:
+    """Keep the runtime out of the tests of a form (config, options, subentries)."""
+    with (
+        patch(
+            "custom_components.v2g.async_setup_entry", return_value=True
+        ) as setup_entry,
+        patch("custom_components.v2g.async_unload_entry", return_value=True),
+    ):
+        yield setup_entry
 
 
 @pytest.fixture

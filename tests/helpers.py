@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 import json
+from pathlib import Path
 import re
 import sys
 from typing import Any
@@ -33,6 +34,11 @@ from pytest_homeassistant_custom_component.typing import (
 from custom_components.v2g.const import DOMAIN
 
 ENTRY_ID = "01JFLEET000000000000000000"
+COMPONENT_DIR = Path(__file__).parent.parent / "custom_components" / DOMAIN
+# The English strings (translations/en.json): what users read.
+STRINGS: dict[str, Any] = json.loads(
+    (COMPONENT_DIR / "translations" / "en.json").read_text(encoding="utf-8")
+)
 COMMAND_RE = re.compile(r"^vehicle/([^/]+)/command$")
 GATEWAY_COMMAND_RE = re.compile(r"^v2g/gateway/([^/]+)/commands$")
 

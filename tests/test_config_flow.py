@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-import json
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
-from unittest.mock import AsyncMock, patch
+from unittest.mock import AsyncMock
 
 from homeassistant.config_entries import (
     SOURCE_USER,
@@ -47,31 +45,12 @@ from custom_components.v2g.options_flow import (
 )
 from custom_components.v2g.topics import command_topic_base
 
-EN_JSON = (
-    Path(__file__).parent.parent
-    / "custom_components"
-    / DOMAIN
-    / "translations"
-    / "en.json"
-)
-STRINGS: dict[str, Any] = json.loads(EN_JSON.read_text(encoding="utf-8"))
+from .helpers import STRINGS
 
 COMMAND_BASE = "vehicle/+/command"
 ENTRY_DATA = {CONF_NAME: "Depot", **DEFAULT_TOPICS}
 
 # --------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def mock_setup_entry() -> Generator[AsyncMock]:
-    """Keep the (concurrently rewritten) runtime out of the flow tests."""
-    with (
-        patch(
-            "custom_components.v2g.async_setup_entry", return_value=True
-        ) as setup_entry,
-        patch("custom_components.v2g.async_unload_entry", return_value=True),
-    ):
-        yield setup_entry
 
 
 def _user_input(**topics: str) -> dict[str, Any]:

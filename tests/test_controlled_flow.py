@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-import json
-from pathlib import Path
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_USER, ConfigSubentryData
@@ -17,15 +15,10 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from pytest_homeassistant_custom_component.typing import MqttMockHAClient
 import voluptuous as vol
 
-from custom_components.v2g.const import DOMAIN, SUBENTRY_TYPE_CONTROLLED
+from custom_components.v2g.const import SUBENTRY_TYPE_CONTROLLED
 
-from .helpers import async_settle, async_setup_fleet
+from .helpers import STRINGS, async_settle, async_setup_fleet
 
-STRINGS: dict[str, Any] = json.loads(
-    (Path(__file__).parent.parent / "custom_components" / DOMAIN / "translations")
-    .joinpath("en.json")
-    .read_text(encoding="utf-8")
-)
 FLOW_STRINGS = STRINGS["config_subentries"][SUBENTRY_TYPE_CONTROLLED]
 CHARGER = "input_number.charger"
 

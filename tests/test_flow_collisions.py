@@ -6,12 +6,10 @@ field, texts in en.json with every placeholder they use).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-import json
-from pathlib import Path
+from collections.abc import Mapping
 import re
 from typing import Any
-from unittest.mock import AsyncMock, patch
+from unittest.mock import AsyncMock
 
 from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_USER, ConfigSubentryData
 from homeassistant.const import CONF_NAME
@@ -38,26 +36,9 @@ from custom_components.v2g.const import (
 )
 from custom_components.v2g.entity import vehicle_device_identifier
 
-from .helpers import async_announce, async_setup_fleet, find_device
+from .helpers import STRINGS, async_announce, async_setup_fleet, find_device
 
-STRINGS: dict[str, Any] = json.loads(
-    (Path(__file__).parent.parent / "custom_components" / DOMAIN / "translations")
-    .joinpath("en.json")
-    .read_text(encoding="utf-8")
-)
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-@pytest.fixture
-def mock_setup_entry() -> Generator[AsyncMock]:
-    """Keep the runtime out of the tests of the fleet form."""
-    with (
-        patch(
-            "custom_components.v2g.async_setup_entry", return_value=True
-        ) as setup_entry,
-        patch("custom_components.v2g.async_unload_entry", return_value=True),
-    ):
-        yield setup_entry
 
 
 def _assert_shown(result: Mapping[str, Any], strings: Mapping[str, Any]) -> None:

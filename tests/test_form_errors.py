@@ -7,11 +7,9 @@ answer with voluptuous's raw message at the top of the dialog instead.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-import json
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
-from unittest.mock import AsyncMock, patch
+from unittest.mock import AsyncMock
 
 from homeassistant.config_entries import SOURCE_USER
 from homeassistant.core import HomeAssistant
@@ -34,26 +32,9 @@ from custom_components.v2g.form_fields import NumberRange
 from custom_components.v2g.options import default_options
 from custom_components.v2g.options_flow import OPTION_RANGES, OPTION_SECTIONS
 
-from .helpers import async_setup_fleet
+from .helpers import STRINGS, async_setup_fleet
 
-STRINGS: dict[str, Any] = json.loads(
-    (Path(__file__).parent.parent / "custom_components" / DOMAIN / "translations")
-    .joinpath("en.json")
-    .read_text(encoding="utf-8")
-)
 OPTIONS_ERRORS: dict[str, str] = STRINGS["options"]["error"]
-
-
-@pytest.fixture
-def mock_setup_entry() -> Generator[AsyncMock]:
-    """Keep the runtime out of the options form tests."""
-    with (
-        patch(
-            "custom_components.v2g.async_setup_entry", return_value=True
-        ) as setup_entry,
-        patch("custom_components.v2g.async_unload_entry", return_value=True),
-    ):
-        yield setup_entry
 
 
 def _options_input(**values: Any) -> dict[str, Any]:

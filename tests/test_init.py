@@ -6,7 +6,6 @@ import copy
 from datetime import timedelta
 import json
 import logging
-from pathlib import Path
 import re
 from typing import Any
 from unittest.mock import patch
@@ -38,6 +37,8 @@ from custom_components.v2g import binary_sensor, event, sensor
 from custom_components.v2g.const import CONF_TELEMETRY_MODE, DOMAIN
 
 from .helpers import (
+    COMPONENT_DIR,
+    STRINGS,
     FleetResponder,
     async_announce,
     async_setup_fleet,
@@ -293,8 +294,7 @@ async def test_remove_foreign_device_refused(
 
 def test_strings_cover_every_key() -> None:
     """Every translation key the HA layer uses has an English string."""
-    root = Path(__file__).parent.parent / "custom_components" / "v2g"
-    strings = json.loads((root / "translations" / "en.json").read_text())
+    root, strings = COMPONENT_DIR, STRINGS
     # The errors raised by every module of the HA layer, wherever they live.
     sources = "".join(path.read_text() for path in sorted(root.glob("*.py")))
     raised = set(
@@ -337,8 +337,7 @@ def test_strings_cover_every_key() -> None:
 
 
 def test_service_selectors_use_existing_translations() -> None:
-    root = Path(__file__).parent.parent / "custom_components" / "v2g"
-    strings = json.loads((root / "translations" / "en.json").read_text())
+    root, strings = COMPONENT_DIR, STRINGS
     services = yaml.safe_load((root / "services.yaml").read_text())
     for spec in services.values():
         for field in spec["fields"].values():

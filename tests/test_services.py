@@ -42,21 +42,13 @@ from custom_components.v2g.transport import SubscriptionGate
 
 from .helpers import (
     ENTRY_ID,
+    STRINGS,
     FleetResponder,
     async_announce,
     async_setup_fleet,
     find_device,
 )
 
-STRINGS: dict[str, Any] = json.loads(
-    (
-        Path(__file__).parent.parent
-        / "custom_components"
-        / DOMAIN
-        / "translations"
-        / "en.json"
-    ).read_text(encoding="utf-8")
-)
 FAST = {CONF_ACK_TIMEOUT: 0.05}
 ORDER_KEYS = {
     "command_id",

@@ -155,6 +155,12 @@ async def test_log_amend_replaces_an_entry_by_a_copy(
     assert after["status"] == "completed"  # the other keys stay
     assert "delivered_kw" not in before  # the old entry object is unchanged
     assert not log.amend("gone", {"delivered_kw": 1.0})
+    # A function of the logged entry merges with what it holds.
+    assert log.amend("d1", lambda entry: {"delivered_kw": entry["delivered_kw"] + 0.1})
+    (after,) = log.query(vehicle_id="a")
+    assert after["delivered_kw"] == pytest.approx(1.0)
+    assert not log.amend("gone", lambda entry: {"seen": True})
+    log.amend("d1", {"delivered_kw": 0.9})
     await log.async_flush()
     saved = hass_storage["v2g.e1.dispatch_log"]["data"]["entries"]
     assert saved[0]["delivered_kw"] == 0.9

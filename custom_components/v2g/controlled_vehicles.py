@@ -294,7 +294,7 @@ class ControlledVehicles:
         state = self._hass.states.get(spec.power_entity)
         measured = power_kw(state, spec.power_positive_charging)
         if state is None or measured is None:
-            self._fleet.measured_power_kw.pop(spec.vehicle_id, None)
+            self._fleet.power.forget(spec.vehicle_id)
         else:
             self._fleet.observe_power(spec.vehicle_id, measured, state.last_reported)
 

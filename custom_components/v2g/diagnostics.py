@@ -168,7 +168,7 @@ def vehicle_state(coordinator: V2GFleetCoordinator, vehicle_id: str) -> dict[str
         "stale": coordinator.is_stale(vehicle_id),
         "manual": coordinator.manual.is_manual(vehicle_id),
         "setpoint_kw": round(fleet.setpoints.get(vehicle_id, 0.0), 3),
-        "measured_power_kw": fleet.measured_power_kw.get(vehicle_id),
+        "measured_power_kw": fleet.power.power_kw(vehicle_id),
         "learned_limits": None if limits is None else limits.as_dict(),
         "stats": None if stats is None else stats.as_dict(),
         "reliability": round(fleet.reliability(vehicle_id), 4),

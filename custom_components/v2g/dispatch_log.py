@@ -9,7 +9,7 @@ read it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -104,27 +104,25 @@ class DispatchLogStore:
         self._add(dict(entry))
         self._writer.async_schedule(self._data_steps)
 
-    def find(self, dispatch_id: str) -> dict[str, Any] | None:
-        """The newest entry of a dispatch, if it is still held."""
-        for entry in reversed(self._entries):
-            if entry.get("dispatch_id") == dispatch_id:
-                return entry
-        return None
-
     @callback
-    def amend(self, dispatch_id: str, fields: Mapping[str, Any]) -> bool:
+    def amend(
+        self,
+        dispatch_id: str,
+        fields: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> bool:
         """Replace a logged dispatch with a copy that has ``fields`` merged in.
 
         Top-level keys are replaced (a section such as ``vehicles`` is replaced
-        whole). Returns False when the dispatch is no longer (or never was) in
-        the log.
+        whole); ``fields`` may be a function of the logged entry, to merge with
+        what it holds. Returns False when the dispatch is no longer (or never
+        was) in the log.
         """
         entries = self._entries
         for index in range(len(entries) - 1, -1, -1):  # the newest are amended
             entry = entries[index]
             if entry.get("dispatch_id") != dispatch_id:
                 continue
-            amended = {**entry, **fields}
+            amended = {**entry, **(fields(entry) if callable(fields) else fields)}
             self._orders += _order_count(amended) - _order_count(entry)
             entries[index] = amended
             self._writer.async_schedule(self._data_steps)

@@ -4,8 +4,8 @@ Measurement intake, apart from the command channels (channels.py), which carry
 orders and their answers. Discovery answers add or update vehicles (with their
 hand-set values applied, manual_vehicles.py), one vehicle per answer or a
 gateway's vehicles in one answer; telemetry updates SoC, availability and
-charging; its power is measured (learned limits, delivery entities) and kept
-with its time of receipt for the delivery verification (verification.py). Pull
+charging; its power is measured, with its time of receipt, in the fleet's
+power readings (learned limits, delivery entities and verification.py). Pull
 mode polls telemetry on the request topic (docs/protocol.md#telemetry).
 
 Each discovery request opens a round that closes once its answers stop
@@ -47,7 +47,6 @@ from .engine import (
     decode_discovery,
     decode_telemetry,
 )
-from .engine.delivery import PowerReadings
 from .intake import InputLog, Route
 from .manual_vehicles import ManualVehicles
 from .transport import SubscriptionGate, TopicTemplate
@@ -116,8 +115,6 @@ class FleetInput:
         self._on_change = on_change
         self._ready = ready
         self._sessions: list[dict[str, Vehicle]] = []
-        # Measured power of the MQTT vehicles, when received (verification.py).
-        self.power_readings = PowerReadings()
         # Discovery rounds: the open one, and who hears of those that end.
         self.round: DiscoveryRound | None = None
         self.on_round_closed: Callable[[DiscoveryRound], None] | None = None
@@ -315,10 +312,6 @@ class FleetInput:
         except EngineError:
             return False
         self._fleet.apply_telemetry(telemetry, self._monotonic(), dt_util.utcnow())
-        if telemetry.power_kw is not None:
-            self.power_readings.record(
-                telemetry.vehicle_id, telemetry.power_kw, dt_util.utcnow()
-            )
         if telemetry.soc is not None:
             self._soc_known.add(telemetry.vehicle_id)
         self._on_change()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
@@ -160,11 +162,7 @@ class SetpointReleases:
                     )
                 else:
                     self._attempts[vehicle_id] = attempts
-            before = (self._log.find(dispatch_id) or {}).get("released")
-            known = before.get("vehicles", {}) if isinstance(before, dict) else {}
-            self._log.amend(
-                dispatch_id, {"released": {"at": at, "vehicles": {**known, **vehicles}}}
-            )
+            self._log.amend(dispatch_id, partial(_with_releases, at, vehicles))
             LOGGER.debug(
                 "Dispatch %s ended: released %d vehicles", dispatch_id, len(vehicles)
             )
@@ -173,3 +171,12 @@ class SetpointReleases:
             v for v in self._attempts if v not in fleet.energy.unreleased
         ]:
             del self._attempts[vehicle_id]
+
+
+def _with_releases(
+    at: str, vehicles: Mapping[str, str], entry: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A log entry's `released` section with these releases added to it."""
+    before = entry.get("released")
+    known = before.get("vehicles", {}) if isinstance(before, dict) else {}
+    return {"released": {"at": at, "vehicles": {**known, **vehicles}}}

@@ -218,7 +218,7 @@ class DeliveryVerifier:
             if not waiting and not answered.done():
                 answered.set_result(None)
 
-        stop_listening = self._fleet_input.power_readings.listen(heard)
+        stop_listening = self._fleet.power.listen(heard)
         try:
             await self._fleet_input.async_poll_telemetry(self._input_log)
             async with asyncio.timeout(self._options.settings.ack_timeout_s):
@@ -235,7 +235,7 @@ class DeliveryVerifier:
         self, targets: Mapping[str, DeliveryTarget], controlled: Mapping[str, Any]
     ) -> dict[str, float]:
         """The fresh measured power of each target vehicle that has one."""
-        readings = self._fleet_input.power_readings
+        readings = self._fleet.power
         states = self._hass.states
         measured: dict[str, float] = {}
         async for chunk in async_chunks(list(targets.items())):

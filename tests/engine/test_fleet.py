@@ -15,6 +15,7 @@ from custom_components.v2g.engine import (
     Telemetry,
     run_steps,
 )
+from custom_components.v2g.engine.delivery import PowerSample
 from custom_components.v2g.engine.fleet import RELIABILITY_MIN
 
 from .fakes import START, make_vehicle
@@ -33,14 +34,16 @@ def test_upsert_telemetry_touch_and_remove() -> None:
     assert fleet.upsert(make_vehicle("v1", soc=0.9), 2.0) is False
     assert fleet.vehicles["v1"].soc == 0.9
     updated = fleet.apply_telemetry(
-        Telemetry("v1", soc=0.4, available=False, charging=True, power_kw=-3.0), 3.0
+        Telemetry("v1", soc=0.4, available=False, charging=True, power_kw=-3.0),
+        3.0,
+        START,
     )
     assert (updated.soc, updated.available, updated.charging) == (0.4, False, True)
     assert updated.max_power_kw == 22.0  # untouched fields stay
-    assert fleet.measured_power_kw == {"v1": -3.0}
-    unchanged = fleet.apply_telemetry(Telemetry("v1"), 4.0)
+    assert fleet.power.latest("v1") == PowerSample(-3.0, START)
+    unchanged = fleet.apply_telemetry(Telemetry("v1"), 4.0, START)
     assert unchanged is fleet.vehicles["v1"]
-    created = fleet.apply_telemetry(Telemetry("new", soc=0.3), 5.0)
+    created = fleet.apply_telemetry(Telemetry("new", soc=0.3), 5.0, START)
     assert created.soc == 0.3
     assert fleet.last_seen == {"v1": 4.0, "new": 5.0}
     fleet.touch("v1", 9.0)

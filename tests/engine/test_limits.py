@@ -152,12 +152,11 @@ def test_the_same_reading_twice_is_one_sample() -> None:
     for _ in range(3):
         fleet.apply_telemetry(Telemetry("v", power_kw=5.0), 4.0, at(4))
     assert fleet.learned_limits.get("v") is None
-    assert fleet.measured_power_kw == {"v": 5.0}
-    # Without a time the measurement is kept, nothing is learned.
-    fleet.apply_telemetry(Telemetry("v", power_kw=4.0), 5.0)
-    assert fleet.measured_power_kw == {"v": 4.0}
+    assert fleet.power.power_kw("v") == 5.0
     assert fleet.observe_power("ghost", 1.0, at(6)) is False
-    assert "ghost" not in fleet.measured_power_kw
+    assert fleet.power.latest("ghost") is None
+    fleet.remove("v")
+    assert fleet.power.latest("v") is None
 
 
 @pytest.mark.parametrize(("power_kw", "soc"), [(-10.0, 0.97), (10.0, 0.04)])
@@ -173,7 +172,7 @@ def test_charging_follows_the_sign_of_the_measured_power() -> None:
 
     def report(vehicle_id: str, **fields: object) -> bool:
         telemetry = Telemetry(vehicle_id, **fields)  # type: ignore[arg-type]
-        return fleet.apply_telemetry(telemetry, 1.0).charging
+        return fleet.apply_telemetry(telemetry, 1.0, at(1)).charging
 
     assert report("v", charging=True, power_kw=6.0) is False
     assert report("v", charging=False, power_kw=-6.0) is True

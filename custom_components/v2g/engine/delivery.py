@@ -75,6 +75,11 @@ class PowerReadings:
         """The newest reading of a vehicle, if any."""
         return self._latest.get(vehicle_id)
 
+    def power_kw(self, vehicle_id: str) -> float | None:
+        """The newest measured power of a vehicle, if any."""
+        sample = self._latest.get(vehicle_id)
+        return None if sample is None else sample.power_kw
+
     def forget(self, vehicle_id: str) -> None:
         """Drop the readings of a vehicle that left the fleet."""
         self._latest.pop(vehicle_id, None)

@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from .codec import DecodeError, Telemetry, vehicle_from_mapping
+from .delivery import PowerReadings
 from .kpi import energy_kwh
 from .limits import DeliveryTolerance, LearnedLimits
 from .models import InvalidValueError, OrderStatus, Vehicle, isoformat_utc
@@ -359,7 +360,8 @@ class FleetState:
         self.last_seen: dict[str, float] = {}
         self.participation: dict[str, int] = {}
         self.stats: dict[str, VehicleStats] = {}
-        self.measured_power_kw: dict[str, float] = {}
+        # Each vehicle's latest measured power, with when it was measured.
+        self.power = PowerReadings()
         self.learned_limits = LearnedLimits()
         # How closely measured power must follow a setpoint (set from the options).
         self.delivery_tolerance = DeliveryTolerance()
@@ -377,13 +379,13 @@ class FleetState:
         return is_new
 
     def apply_telemetry(
-        self, telemetry: Telemetry, seen_at: float, at: datetime | None = None
+        self, telemetry: Telemetry, seen_at: float, at: datetime
     ) -> Vehicle:
         """Update (or create) a vehicle from a telemetry report; return it.
 
         With `power_kw`, the vehicle is charging when it is < 0, whatever the
         `charging` key says (docs/protocol.md#telemetry); the power is a
-        measurement taken at `at` (wall time; None: kept, nothing learned).
+        measurement received at `at` (wall time).
         """
         changes: dict[str, Any] = {}
         if telemetry.soc is not None:
@@ -407,21 +409,17 @@ class FleetState:
             self.observe_power(vehicle.vehicle_id, telemetry.power_kw, at)
         return vehicle
 
-    def observe_power(
-        self, vehicle_id: str, power_kw: float, at: datetime | None
-    ) -> bool:
-        """Keep a known vehicle's power measured at `at` (None: no limit sample).
+    def observe_power(self, vehicle_id: str, power_kw: float, at: datetime) -> bool:
+        """Keep a known vehicle's power measured at `at`; learn its limits from it.
 
         Return True if it changed a learned limit.
         """
         if (vehicle := self.vehicles.get(vehicle_id)) is None:
             return False
-        self.measured_power_kw[vehicle_id] = power_kw
+        self.power.record(vehicle_id, power_kw, at)
         setpoint = self.energy.setpoints.get(vehicle_id)
         limits, tolerance = self.learned_limits, self.delivery_tolerance
-        return at is not None and limits.observe(
-            vehicle, power_kw, setpoint, at, tolerance
-        )
+        return limits.observe(vehicle, power_kw, setpoint, at, tolerance)
 
     def touch(self, vehicle_id: str, seen_at: float) -> None:
         """Note that a known vehicle was heard from (e.g. it sent an ack)."""
@@ -435,10 +433,10 @@ class FleetState:
             self.last_seen,
             self.participation,
             self.stats,
-            self.measured_power_kw,
             self._reliability,
         ):
             table.pop(vehicle_id, None)
+        self.power.forget(vehicle_id)
         self.energy.forget(vehicle_id)
         self.learned_limits.forget(vehicle_id)
         return found

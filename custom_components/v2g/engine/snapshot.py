@@ -198,7 +198,7 @@ class SnapshotBuilder:
         The deviation starts with the first snapshot that shows it and lasts while
         every snapshot does; a vehicle never measured does not deviate.
         """
-        measured = fleet.measured_power_kw.get(vehicle_id)
+        measured = fleet.power.power_kw(vehicle_id)
         if measured is None or fleet.delivery_tolerance.follows(
             measured, setpoints.get(vehicle_id, 0.0)
         ):
@@ -219,7 +219,7 @@ def _vehicle_values(
     stats = fleet.stats.get(vehicle_id)
     discharged = fleet.energy_discharged_kwh.get(vehicle_id, 0.0)
     prediction = inputs.prediction
-    measured = fleet.measured_power_kw.get(vehicle_id)
+    measured = fleet.power.power_kw(vehicle_id)
     limits = fleet.learned_limits.get(vehicle_id)
     return (
         vehicle.is_v2g,
