@@ -34,9 +34,10 @@ FLEET_MODEL: Final = "Fleet dispatcher"
 # 2026.2, only takes the fleet device's identifier (``via_device``).
 VIA_DEVICE_ID_SUPPORTED: Final = "via_device_id" in DeviceInfo.__optional_keys__
 # Vehicles whose entities one ``async_add_entities`` call adds; the loop is free
-# between two calls (adding an entity costs ~0.1 ms: 10,000 vehicles at once would
-# block it for seconds).
-ADD_BATCH_VEHICLES: Final = 50
+# between two calls. Home Assistant adds an entity in ~0.3 ms (registries, first
+# state): 10 vehicles (110 entities) stay well under 50 ms, where 50 took 100-200 ms
+# and a depot's discovery blocked the loop that long ~100 times (issue 16).
+ADD_BATCH_VEHICLES: Final = 10
 _NOT_WRITTEN: Final = object()
 # The fleet device's registry id, per running fleet (see async_fleet_device_id).
 _fleet_device_ids: WeakKeyDictionary[V2GFleetCoordinator, str] = WeakKeyDictionary()
