@@ -413,12 +413,8 @@ async def _measure_size(
             f" floor {floor.seconds:.3f} s"
         )
     writes = await scenario.async_dispatch(count_writes=True)
-    row["state_writes"] = writes.state_writes
-    row["state_writes_in_call"] = writes.state_writes_in_call
-    row["entities_written"] = writes.entities_written
-    row["max_writes_per_entity"] = writes.max_writes_per_entity
+    _record_writes(row, writes)
     row["rewritten_entities_sample"] = writes.rewritten
-    row["writes_by_kind"] = writes.writes_by_kind
     if options.trace_loop and size == max(options.sizes):
         await _trace_loop(scenario, floor_run, profile_dir)
     if profiled:
@@ -585,7 +581,11 @@ async def _measure_controlled(
             f" {max(run.latencies_ms, default=0.0):.0f} ms"
             f" (loop block {run.max_block_ms:.0f} ms{note})"
         )
-    writes = await scenario.async_dispatch(count_writes=True)
+    _record_writes(row, await scenario.async_dispatch(count_writes=True))
+
+
+def _record_writes(row: dict[str, Any], writes: Any) -> None:
+    """The state writes one counted dispatch made, into its result row."""
     row["state_writes"] = writes.state_writes
     row["state_writes_in_call"] = writes.state_writes_in_call
     row["entities_written"] = writes.entities_written
