@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 from http import HTTPStatus
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 from unittest.mock import patch
 
+from aiohttp.test_utils import TestClient
 from homeassistant.components import mqtt, webhook
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
@@ -84,6 +85,26 @@ async def _fleet(hass: HomeAssistant, **options: Any) -> MockConfigEntry:
     return entry
 
 
+class WebhookFleet(NamedTuple):
+    """A fleet of two answering vehicles with the webhook on, and an HTTP client."""
+
+    entry: MockConfigEntry
+    responder: FleetResponder
+    client: TestClient
+
+
+@pytest.fixture
+async def webhook_fleet(
+    hass: HomeAssistant,
+    fleet_mqtt: MqttMockHAClient,
+    hass_client_no_auth: ClientSessionGenerator,
+) -> WebhookFleet:
+    """The fleet the signals go to (entities set up before the client starts)."""
+    entry = await _fleet(hass)
+    responder = FleetResponder(hass, fleet_mqtt)
+    return WebhookFleet(entry, responder, await hass_client_no_auth())
+
+
 def _counters(entry: MockConfigEntry) -> dict[str, int]:
     return entry.runtime_data.input_log.counters
 
@@ -119,13 +140,10 @@ async def _listed_webhook_domains(
 
 async def test_more_than_the_fleet_can_take_is_dispatched_with_its_shortfall(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
     """Two 10 kW vehicles asked for 100 MW: 20 kW placed, the rest reported short."""
-    await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    _, responder, client = webhook_fleet
 
     resp = await client.post(URL, json=_signal(power=100_000))
 
@@ -176,12 +194,9 @@ async def test_signal_is_dispatched_and_answered_with_the_response(
 
 async def test_future_block_is_dispatched_now_with_its_length(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    _, responder, client = webhook_fleet
 
     resp = await client.post(
         URL,
@@ -196,12 +211,9 @@ async def test_future_block_is_dispatched_now_with_its_length(
 
 async def test_running_block_is_dispatched_for_what_is_left(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    _, responder, client = webhook_fleet
 
     resp = await client.post(
         URL,
@@ -216,12 +228,9 @@ async def test_running_block_is_dispatched_for_what_is_left(
 
 async def test_negative_power_charges_and_ecowatt_is_accepted(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    _, responder, client = webhook_fleet
 
     resp = await client.post(URL, json=_signal("EcoWatt", power=-8))
 
@@ -377,15 +386,12 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
 )
 async def test_bad_input_is_refused_and_counted(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
     body: Any,
     error: str,
     counter: str,
 ) -> None:
-    entry = await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    entry, responder, client = webhook_fleet
 
     if isinstance(body, bytes):
         resp = await client.post(URL, data=body)
@@ -401,12 +407,9 @@ async def test_bad_input_is_refused_and_counted(
 
 async def test_oversize_body_is_refused(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    entry = await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    entry, responder, client = webhook_fleet
     padding = "x" * MAX_BODY_BYTES
 
     # Declared by Content-Length: refused before reading.
@@ -436,12 +439,9 @@ async def test_oversize_body_is_refused(
 
 async def test_mqtt_down_is_503(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    entry = await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    entry, responder, client = webhook_fleet
     async_dispatcher_send(hass, mqtt.MQTT_CONNECTION_STATE, False)
     await hass.async_block_till_done()
 
@@ -504,12 +504,9 @@ async def test_refusals_are_logged_once_at_warning(
 
 async def test_unknown_webhook_id_dispatches_nothing(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    entry = await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    entry, responder, client = webhook_fleet
 
     resp = await client.post("/api/webhook/not-our-id", json=_signal())
 
@@ -523,12 +520,9 @@ async def test_unknown_webhook_id_dispatches_nothing(
 
 async def test_only_post_is_allowed(
     hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    webhook_fleet: WebhookFleet,
 ) -> None:
-    await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
-    client = await hass_client_no_auth()
+    _, responder, client = webhook_fleet
 
     resp = await client.put(URL, json=_signal())
 
