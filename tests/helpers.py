@@ -354,3 +354,15 @@ def find_device(
             if identifier in device.identifiers:
                 return device
     return None
+
+
+def device_subentries(device: dr.DeviceEntry, entry_id: str) -> set[str | None]:
+    """The subentries of entry ``entry_id`` a device belongs to (None: the entry).
+
+    2026.11 gives a device one entry and subentry (`config_subentry_id`) and
+    deprecates `config_entries_subentries`, the only way on 2026.2.
+    """
+    if hasattr(device, "config_subentry_id"):
+        owned = device.config_entry_id == entry_id
+        return {device.config_subentry_id} if owned else set()
+    return set(device.config_entries_subentries.get(entry_id, set()))

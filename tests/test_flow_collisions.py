@@ -36,7 +36,13 @@ from custom_components.v2g.const import (
 )
 from custom_components.v2g.entity import vehicle_device_identifier
 
-from .helpers import STRINGS, async_announce, async_setup_fleet, find_device
+from .helpers import (
+    STRINGS,
+    async_announce,
+    async_setup_fleet,
+    device_subentries,
+    find_device,
+)
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -327,7 +333,7 @@ async def test_add_vehicle_with_a_discovered_id_is_refused(
     registry = dr.async_get(hass)
     device = find_device(registry, vehicle_device_identifier(entry.entry_id, "veh001"))
     assert device is not None
-    assert device.config_entries_subentries[entry.entry_id] == {None}
+    assert device_subentries(device, entry.entry_id) == {None}
 
     # An id the fleet does not know is added.
     result = await hass.config_entries.subentries.async_configure(

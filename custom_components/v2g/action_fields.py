@@ -44,7 +44,8 @@ class FieldInvalid(vol.Invalid):
         """Keep the translation key and the values the message quotes."""
         super().__init__(key)
         self.key = key
-        self.placeholders = placeholders
+        # Not `placeholders`: newer voluptuous (probatio, HA 2026.11) owns that name.
+        self.message_placeholders = placeholders
 
 
 def field_error(key: str, **placeholders: str) -> ServiceValidationError:
@@ -100,7 +101,7 @@ def _translated(
     service: str, known: Container[str], error: vol.Invalid, data: Any
 ) -> ServiceValidationError:
     if isinstance(error, FieldInvalid):
-        return field_error(error.key, **error.placeholders)
+        return field_error(error.key, **error.message_placeholders)
     field = str(error.path[0]) if error.path else ""
     if field not in known:
         return field_error("unknown_field", field=field)

@@ -164,5 +164,15 @@ async def test_blueprints_run_on_a_fresh_instance(
     assert [(n["title"], n["message"]) for n in notifications] == [
         ("V2G fleet ack rate below SLA", f"24 h ack rate is now {rate} % (SLA 100 %).")
     ]
-    errors = [line for line in log.splitlines() if " ERROR " in line]
+    # Nothing of ours or of the blueprints failed. (Home Assistant's own components
+    # may log theirs: 2026.11 sets up ffmpeg by default, which fails without the
+    # ffmpeg program.)
+    ours = ("[custom_components.v2g", "[homeassistant.components.automation")
+    ours += ("[homeassistant.components.script", "[homeassistant.components.blueprint")
+    errors = [
+        line
+        for line in log.splitlines()
+        if " ERROR " in line and any(logger in line for logger in ours)
+    ]
     assert errors == []
+    assert "custom_components/v2g/" not in log
