@@ -156,14 +156,10 @@ async def test_more_than_the_fleet_can_take_is_dispatched_with_its_shortfall(
 
 
 async def test_signal_is_dispatched_and_answered_with_the_response(
-    hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    hass: HomeAssistant, webhook_fleet: WebhookFleet
 ) -> None:
-    entry = await _fleet(hass)
-    responder = FleetResponder(hass, fleet_mqtt)
+    entry, responder, client = webhook_fleet
     events = async_capture_events(hass, EVENT_DISPATCH_COMPLETED)
-    client = await hass_client_no_auth()
 
     resp = await client.post(URL, json=_signal(power=12))
 
@@ -244,14 +240,10 @@ async def test_negative_power_charges_and_ecowatt_is_accepted(
 
 
 async def test_verify_answers_with_the_measured_delivery(
-    hass: HomeAssistant,
-    fleet_mqtt: MqttMockHAClient,
-    hass_client_no_auth: ClientSessionGenerator,
+    hass: HomeAssistant, webhook_fleet: WebhookFleet
 ) -> None:
-    await _fleet(hass)
-    FleetResponder(hass, fleet_mqtt)
+    client = webhook_fleet.client
     completed = async_capture_events(hass, EVENT_DISPATCH_COMPLETED)
-    client = await hass_client_no_auth()
 
     answer = asyncio.ensure_future(
         client.post(URL, json=_signal(power=12, verify=True))
