@@ -139,7 +139,6 @@ async def _listed_webhook_domains(
 
 
 async def test_more_than_the_fleet_can_take_is_dispatched_with_its_shortfall(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     """Two 10 kW vehicles asked for 100 MW: 20 kW placed, the rest reported short."""
@@ -189,7 +188,6 @@ async def test_signal_is_dispatched_and_answered_with_the_response(
 
 
 async def test_future_block_is_dispatched_now_with_its_length(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     _, responder, client = webhook_fleet
@@ -206,7 +204,6 @@ async def test_future_block_is_dispatched_now_with_its_length(
 
 
 async def test_running_block_is_dispatched_for_what_is_left(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     _, responder, client = webhook_fleet
@@ -223,7 +220,6 @@ async def test_running_block_is_dispatched_for_what_is_left(
 
 
 async def test_negative_power_charges_and_ecowatt_is_accepted(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     _, responder, client = webhook_fleet
@@ -377,7 +373,6 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
     [pytest.param(*case[1:], id=case[0]) for case in BAD_BODIES],
 )
 async def test_bad_input_is_refused_and_counted(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
     body: Any,
     error: str,
@@ -398,7 +393,6 @@ async def test_bad_input_is_refused_and_counted(
 
 
 async def test_oversize_body_is_refused(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     entry, responder, client = webhook_fleet
@@ -495,7 +489,6 @@ async def test_refusals_are_logged_once_at_warning(
 
 
 async def test_unknown_webhook_id_dispatches_nothing(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     entry, responder, client = webhook_fleet
@@ -511,7 +504,6 @@ async def test_unknown_webhook_id_dispatches_nothing(
 
 
 async def test_only_post_is_allowed(
-    hass: HomeAssistant,
     webhook_fleet: WebhookFleet,
 ) -> None:
     _, responder, client = webhook_fleet

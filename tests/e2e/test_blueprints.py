@@ -167,8 +167,12 @@ async def test_blueprints_run_on_a_fresh_instance(
     # Nothing of ours or of the blueprints failed. (Home Assistant's own components
     # may log theirs: 2026.11 sets up ffmpeg by default, which fails without the
     # ffmpeg program.)
-    ours = ("[custom_components.v2g", "[homeassistant.components.automation")
-    ours += ("[homeassistant.components.script", "[homeassistant.components.blueprint")
+    ours = (
+        "[custom_components.v2g",
+        "[homeassistant.components.automation",
+        "[homeassistant.components.script",
+        "[homeassistant.components.blueprint",
+    )
     errors = [
         line
         for line in log.splitlines()
